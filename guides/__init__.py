@@ -1,0 +1,1 @@
+"""Guide LLM backends (imported as rl_statetune_guides)."""

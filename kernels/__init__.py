@@ -1,0 +1,1 @@
+"""Triton kernels for the WKV-7 recurrence (imported as rl_statetune_kernels)."""

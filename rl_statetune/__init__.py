@@ -1,0 +1,1 @@
+"""Frozen RWKV-7 + trainable recurrent state."""

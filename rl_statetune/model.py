@@ -1,0 +1,248 @@
+"""Frozen RWKV-7 ("x070") language model, numerically matching the official `rwkv` pip package.
+
+Parameter names equal the BlinkDL checkpoint keys (``blocks.3.att.receptance.weight`` ...), so a ``.pth`` file
+loads with ``load_state_dict`` and an exported model loads in every RWKV runtime. The forward pass runs a whole
+sequence at once (parallel mode: token shift by concatenation, WKV by ``rl_statetune.wkv``) and continues from a
+carried ``RecurrentState``; one token at a time is the same code with T = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rl_statetune.wkv import wkv7
+
+DECAY_SCALE = 0.606531  # exp(-0.5), as written in the reference implementation
+LN_X_EPS = 64e-5
+
+
+@dataclass(frozen=True)
+class RWKV7Config:
+    vocab_size: int
+    n_embd: int
+    n_layer: int
+    head_size: int
+    dim_w: int      # decay LoRA rank
+    dim_a: int      # in-context learning-rate LoRA rank
+    dim_v: int      # value-residual LoRA rank (layers > 0)
+    dim_g: int      # gate LoRA rank
+    dim_ffn: int
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
+
+    def state_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the tunable WKV state: [L, H, N, N]."""
+        return (self.n_layer, self.n_head, self.head_size, self.head_size)
+
+
+@dataclass
+class RecurrentState:
+    """Everything the model carries between tokens, stacked over layers.
+
+    att_x / ffn_x: [L, B, C] previous token's ln1 / ln2 output (token shift); wkv: [L, B, H, N, N] float32,
+    row = value index (the `rwkv` package's ``state[3*i+1]``).
+    """
+
+    att_x: torch.Tensor
+    wkv: torch.Tensor
+    ffn_x: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.wkv.shape[1]
+
+    def detach(self) -> "RecurrentState":
+        return RecurrentState(self.att_x.detach(), self.wkv.detach(), self.ffn_x.detach())
+
+    def select(self, rows: torch.Tensor | list[int]) -> "RecurrentState":
+        """Keep the given batch rows (for beam pruning or dropping finished sequences)."""
+        rows = torch.as_tensor(rows, device=self.wkv.device)
+        return RecurrentState(self.att_x[:, rows], self.wkv[:, rows], self.ffn_x[:, rows])
+
+    def repeat(self, n: int) -> "RecurrentState":
+        """Repeat every row n times (row-major), e.g. to sample a group of n completions per prompt."""
+        return RecurrentState(*(t.repeat_interleave(n, dim=1) for t in (self.att_x, self.wkv, self.ffn_x)))
+
+
+def _shift(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    """Previous token's features: [B,T,C] with x_prev [B,C] in front."""
+    return torch.cat([x_prev[:, None], x[:, :-1]], dim=1)
+
+
+def _last(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    if lengths is None:
+        return x[:, -1]
+    return x[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]
+
+
+class TimeMix(nn.Module):
+    def __init__(self, cfg: RWKV7Config, layer_id: int):
+        super().__init__()
+        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+        self.layer_id, self.n_head, self.head_size = layer_id, H, N
+        for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a"):
+            setattr(self, name, nn.Parameter(torch.zeros(1, 1, C)))
+        self.w1, self.w2 = nn.Parameter(torch.zeros(C, cfg.dim_w)), nn.Parameter(torch.zeros(cfg.dim_w, C))
+        self.a1, self.a2 = nn.Parameter(torch.zeros(C, cfg.dim_a)), nn.Parameter(torch.zeros(cfg.dim_a, C))
+        if layer_id > 0:
+            self.v0 = nn.Parameter(torch.zeros(1, 1, C))
+            self.v1, self.v2 = nn.Parameter(torch.zeros(C, cfg.dim_v)), nn.Parameter(torch.zeros(cfg.dim_v, C))
+        self.g1, self.g2 = nn.Parameter(torch.zeros(C, cfg.dim_g)), nn.Parameter(torch.zeros(cfg.dim_g, C))
+        self.r_k = nn.Parameter(torch.zeros(H, N))
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, C, eps=LN_X_EPS)
+
+    def forward(self, x, x_prev, wkv_state, v_first, lengths=None, backend="auto"):
+        B, T, C = x.shape
+        H, N = self.n_head, self.head_size
+        xx = _shift(x, x_prev) - x
+        xr, xw, xk = x + xx * self.x_r, x + xx * self.x_w, x + xx * self.x_k
+        xv, xa, xg = x + xx * self.x_v, x + xx * self.x_a, x + xx * self.x_g
+
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        logw = -DECAY_SCALE * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float())
+        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
+        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0)
+        k = k * (1 + (a - 1) * self.k_a)
+        if self.layer_id == 0:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+
+        heads = lambda t: t.reshape(B, T, H, N)  # noqa: E731
+        a_h = heads(a)
+        y, wkv_state = wkv7(heads(r), logw.view(B, T, H, N), heads(k), heads(v), -kk, kk * a_h,
+                            s0=wkv_state, lengths=lengths, backend=backend)
+        y = self.ln_x(y.reshape(B * T, C).to(x.dtype)).view(B, T, C)
+        y = y + ((heads(r) * heads(k) * self.r_k).sum(dim=-1, keepdim=True) * heads(v)).view(B, T, C)
+        return self.output(y * g), _last(x, lengths), wkv_state, v_first
+
+
+class ChannelMix(nn.Module):
+    def __init__(self, cfg: RWKV7Config):
+        super().__init__()
+        self.x_k = nn.Parameter(torch.zeros(1, 1, cfg.n_embd))
+        self.key = nn.Linear(cfg.n_embd, cfg.dim_ffn, bias=False)
+        self.value = nn.Linear(cfg.dim_ffn, cfg.n_embd, bias=False)
+
+    def forward(self, x, x_prev, lengths=None):
+        kx = x + (_shift(x, x_prev) - x) * self.x_k
+        return self.value(torch.relu(self.key(kx)) ** 2), _last(x, lengths)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RWKV7Config, layer_id: int):
+        super().__init__()
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(cfg.n_embd)
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.att = TimeMix(cfg, layer_id)
+        self.ffn = ChannelMix(cfg)
+
+
+class RWKV7(nn.Module):
+    """RWKV-7 language model. ``model(idx, state) -> (logits, state)``; see ``RecurrentState``."""
+
+    def __init__(self, cfg: RWKV7Config):
+        super().__init__()
+        self.config = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.wkv_backend = "auto"
+
+    # -- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> "RWKV7":
+        """Load a BlinkDL ``.pth`` / ``.safetensors`` file or an fla / Hugging Face RWKV-7 folder, frozen."""
+        from rl_statetune.checkpoint import load_blinkdl_state_dict, config_from_state_dict
+
+        sd = load_blinkdl_state_dict(path)
+        cfg = config_from_state_dict(sd, source=str(path))
+        return cls.from_state_dict(sd, cfg, dtype=dtype, device=device)
+
+    @classmethod
+    def from_state_dict(cls, sd: dict, cfg: RWKV7Config, dtype=torch.float32, device="cpu") -> "RWKV7":
+        from rl_statetune.checkpoint import check_state_dict
+
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        sd = check_state_dict(sd, expected)
+        model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, assign=True)
+        model.requires_grad_(False)
+        return model.eval()
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def zero_state(self, batch_size: int) -> RecurrentState:
+        cfg, p = self.config, self.emb.weight
+        L, C = cfg.n_layer, cfg.n_embd
+        return RecurrentState(
+            att_x=p.new_zeros(L, batch_size, C),
+            wkv=torch.zeros(L, batch_size, cfg.n_head, cfg.head_size, cfg.head_size, device=p.device),
+            ffn_x=p.new_zeros(L, batch_size, C),
+        )
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, state: RecurrentState | None = None,
+                lengths: torch.Tensor | None = None, return_hidden: bool = False):
+        """idx [B,T] -> (logits [B,T,V], state after each row's last real token).
+
+        ``lengths`` [B] marks right padding: the returned state is taken at position lengths[b]-1 and padded
+        positions never change it. Logits at padded positions are meaningless.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be [B, T], got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if T == 0:
+            raise ValueError("idx has no tokens (T = 0)")
+        if state is None:
+            state = self.zero_state(B)
+        elif state.batch_size != B:
+            raise ValueError(f"state has batch size {state.batch_size} but idx has {B}")
+        x = self.emb(idx)
+        att_x, wkv, ffn_x = [], [], []
+        v_first = None
+        for i, blk in enumerate(self.blocks):
+            if i == 0:
+                x = blk.ln0(x)
+            h = blk.ln1(x)
+            out, last, s, v_first = blk.att(h, state.att_x[i], state.wkv[i], v_first, lengths, self.wkv_backend)
+            x = x + out
+            att_x.append(last)
+            wkv.append(s)
+            h = blk.ln2(x)
+            out, last = blk.ffn(h, state.ffn_x[i], lengths)
+            x = x + out
+            ffn_x.append(last)
+        hidden = self.ln_out(x)
+        logits = self.head(hidden)
+        new_state = RecurrentState(torch.stack(att_x), torch.stack(wkv).float(), torch.stack(ffn_x))
+        if return_hidden:
+            return logits, new_state, hidden
+        return logits, new_state
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def with_backend(model: RWKV7, backend: str) -> RWKV7:
+    """Select the WKV backend ("auto", "torch", "naive", "triton", "fla") for this model instance."""
+    model.wkv_backend = backend
+    return model
+
+
+__all__ = ["RWKV7", "RWKV7Config", "RecurrentState", "with_backend"]
