@@ -1,0 +1,121 @@
+"""Input validation and launch geometry shared by the WKV-7 Triton kernels.
+
+Every kernel sees the inputs flattened to ``[total_T, H, *]`` (contiguous) plus, per sequence ``n``, its token
+range ``[bos_n, eos_n)``. Fixed-length batches use ``bos_n = n * T``; packed variable-length batches pass
+``cu_seqlens`` (``[N + 1]`` int offsets into the packed ``[1, total_T, H, *]`` tensors, as in fla / flash-attn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+DEFAULT_CHUNK = 32            # tokens between state checkpoints (forward) = recompute window (backward)
+_MAX_TILE = 4096              # BV * BK elements of state held in registers per program
+_TARGET_PROGRAMS = 256        # shrink BV until the grid has about this many programs (GPU occupancy)
+
+
+@dataclass(frozen=True)
+class WKVPlan:
+    """Shapes, block sizes and per-sequence offsets of one WKV-7 launch."""
+
+    N: int                    # number of sequences
+    T: int                    # per-sequence length (fixed-length case; 0 when varlen)
+    total_T: int              # tokens in the flattened input
+    H: int
+    K: int
+    V: int
+    BK: int
+    BV: int
+    NV: int                   # value blocks = grid size along V
+    chunk: int
+    n_chunks: int             # checkpoints in total over all sequences
+    cu_seqlens: torch.Tensor | None      # int64 [N + 1] on the input device, varlen only
+    chunk_offsets: torch.Tensor | None   # int64 [N] first checkpoint index of each sequence, varlen only
+
+    @property
+    def is_varlen(self) -> bool:
+        return self.cu_seqlens is not None
+
+    @property
+    def num_warps(self) -> int:
+        return 4 if self.BV * self.BK <= 2048 else 8
+
+
+def _pow2(x: int) -> int:
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
+              b: torch.Tensor, s0: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+              chunk_size: int = DEFAULT_CHUNK, block_v: int | None = None) -> WKVPlan:
+    """Check shapes, dtypes and devices; choose block sizes. Raises ValueError with the offending shape."""
+    if r.dim() != 4:
+        raise ValueError(f"wkv7_triton: r must be [B, T, H, K], got shape {tuple(r.shape)}")
+    for name, x in (("logw", logw), ("k", k), ("a", a), ("b", b)):
+        if x.shape != r.shape:
+            raise ValueError(f"wkv7_triton: {name} has shape {tuple(x.shape)}, expected r's {tuple(r.shape)}")
+    if v.dim() != 4 or v.shape[:3] != r.shape[:3]:
+        raise ValueError(f"wkv7_triton: v has shape {tuple(v.shape)}, expected [B, T, H, V] with "
+                         f"B, T, H = {tuple(r.shape[:3])}")
+    tensors = [r, logw, k, v, a, b] + ([s0] if s0 is not None else [])
+    if len({x.device for x in tensors}) != 1:
+        raise ValueError("wkv7_triton: all inputs (and s0) must be on the same device")
+    for x in tensors:
+        if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"wkv7_triton: unsupported dtype {x.dtype}; use float32, bfloat16 or float16 "
+                             "(float64 references live in rl_statetune.wkv.wkv7_naive)")
+    if chunk_size < 1:
+        raise ValueError(f"wkv7_triton: chunk_size must be >= 1, got {chunk_size}")
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    if K == 0 or V == 0 or H == 0:
+        raise ValueError(f"wkv7_triton: empty head dimensions H={H}, K={K}, V={V}")
+
+    if cu_seqlens is None:
+        N, seq_T, total_T = B, T, B * T
+        n_chunks = B * triton.cdiv(T, chunk_size)
+        cu, offs = None, None
+    else:
+        if B != 1:
+            raise ValueError(f"wkv7_triton: with cu_seqlens the inputs must be packed as [1, total_T, H, K], "
+                             f"got batch size {B}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError("wkv7_triton: cu_seqlens must be a 1-D int32/int64 tensor [N + 1] of offsets")
+        host = cu_seqlens.detach().to("cpu", torch.int64)
+        lens = host[1:] - host[:-1]
+        if host[0] != 0 or host[-1] != T or bool((lens < 0).any()):
+            raise ValueError(f"wkv7_triton: cu_seqlens must rise from 0 to total_T={T}, got {host.tolist()}")
+        N, seq_T, total_T = lens.numel(), 0, T
+        per_seq = (lens + chunk_size - 1) // chunk_size
+        n_chunks = int(per_seq.sum())
+        cu = host.to(r.device)
+        offs = (torch.cumsum(per_seq, 0) - per_seq).to(r.device)
+
+    if s0 is not None and tuple(s0.shape) != (N, H, V, K):
+        raise ValueError(f"wkv7_triton: s0 has shape {tuple(s0.shape)}, expected [N, H, V, K] = {(N, H, V, K)}")
+
+    BK = max(16, _pow2(K))
+    if block_v is None:
+        BV = min(max(16, _pow2(V)), max(16, _MAX_TILE // BK))
+        while BV > 16 and N * H * triton.cdiv(V, BV) < _TARGET_PROGRAMS:
+            BV //= 2
+    else:
+        if block_v < 1 or block_v & (block_v - 1):
+            raise ValueError(f"wkv7_triton: block_v must be a power of two, got {block_v}")
+        BV = block_v
+    return WKVPlan(N=N, T=seq_T, total_T=total_T, H=H, K=K, V=V, BK=BK, BV=BV, NV=triton.cdiv(V, BV),
+                   chunk=chunk_size, n_chunks=n_chunks, cu_seqlens=cu, chunk_offsets=offs)
+
+
+def check_runnable(kernel, device: torch.device) -> None:
+    """Fail clearly when a kernel would be launched on CPU tensors without the Triton interpreter."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interpreted = isinstance(kernel, InterpretedFunction)
+    if device.type == "cpu" and not interpreted:
+        raise RuntimeError("wkv7_triton: inputs are on the CPU but Triton is not in interpreter mode. Use CUDA "
+                           "tensors, or set TRITON_INTERPRET=1 before the first import of triton / "
+                           "rl_statetune_kernels (slow; meant for tests), or use rl_statetune.wkv.wkv7_chunked.")

@@ -1,0 +1,194 @@
+"""Triton WKV-7 kernels vs the float64 token-loop reference (forward, every gradient incl. ds0, varlen, decode).
+
+Without a GPU the kernels run in Triton's interpreter, which is chosen when a kernel is *defined*, so this module
+sets TRITON_INTERPRET=1 before importing them (and re-imports them if another module loaded them compiled).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from rl_statetune.wkv import wkv7, wkv7_naive  # noqa: E402
+
+
+def _load_kernels():
+    fwd = sys.modules.get("rl_statetune_kernels.wkv7_fwd")
+    if DEVICE == "cpu" and fwd is not None and not isinstance(fwd._wkv7_fwd_kernel, InterpretedFunction):
+        for name in [m for m in sys.modules if m == "rl_statetune_kernels" or m.startswith("rl_statetune_kernels.")]:
+            del sys.modules[name]
+    return importlib.import_module("rl_statetune_kernels")
+
+
+kernels = _load_kernels()
+NAMES = ("r", "logw", "k", "v", "a", "b", "s0")
+
+
+def make_inputs(seed: int, B: int, T: int, H: int, K: int, V: int, n_states: int | None = None):
+    """RWKV-7-like float64 inputs: decays in (0.545, 1), a = -kk, b = kk * sigmoid(.), unit-norm kk."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    logw = -0.606531 * torch.sigmoid(rnd(B, T, H, K))
+    kk = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1)
+    a_coef = torch.sigmoid(rnd(B, T, H, K))
+    s0 = 0.5 * rnd(n_states if n_states is not None else B, H, V, K)
+    return [rnd(B, T, H, K), logw, rnd(B, T, H, K), rnd(B, T, H, V), -kk, kk * a_coef, s0]
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.detach().double().cpu() - ref.detach().cpu()).norm() / ref.detach().cpu().norm().clamp_min(1e-30)).item()
+
+
+def reference(inputs, dy, ds, use_y=True, use_s=True):
+    """float64 naive outputs and gradients of <y, dy> + <sT, ds>."""
+    xs = [x.clone().requires_grad_() for x in inputs]
+    y, sT = wkv7_naive(*xs)
+    loss = (y * dy).sum() * use_y + (sT * ds).sum() * use_s
+    return y, sT, torch.autograd.grad(loss, xs, allow_unused=True, materialize_grads=True)
+
+
+def run_triton(inputs, dy, ds, dtype, use_y=True, use_s=True, **kw):
+    xs = [x.to(DEVICE, dtype).requires_grad_() for x in inputs[:6]]
+    s0 = inputs[6].to(DEVICE, torch.float32).requires_grad_()
+    y, sT = kernels.wkv7_triton(*xs, s0, **kw)
+    loss = (y.float() * dy.to(DEVICE, torch.float32)).sum() * use_y + (sT * ds.to(DEVICE, torch.float32)).sum() * use_s
+    return y, sT, torch.autograd.grad(loss, xs + [s0])
+
+
+def assert_all_close(got, want, tol):
+    y, sT, grads = got
+    y_ref, s_ref, g_ref = want
+    errs = {"y": rel_err(y, y_ref), "sT": rel_err(sT, s_ref)}
+    errs.update({f"d{n}": rel_err(g, gr) for n, g, gr in zip(NAMES, grads, g_ref)})
+    bad = {n: e for n, e in errs.items() if not e < tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
+
+
+@pytest.mark.parametrize("K,V,block_v,chunk", [(16, 16, None, 16), (12, 40, 16, 8)],
+                         ids=["K16-V16", "K12-V40-3blocks"])
+def test_fp32_forward_and_all_gradients_match_float64_reference(K, V, block_v, chunk):
+    inputs = make_inputs(seed=K * 100 + V, B=2, T=37, H=2, K=K, V=V)   # 37: not a multiple of the chunk
+    g = torch.Generator().manual_seed(7)
+    dy, ds = torch.randn(2, 37, 2, V, generator=g, dtype=torch.float64), torch.randn(2, 2, V, K, generator=g,
+                                                                                     dtype=torch.float64)
+    got = run_triton(inputs, dy, ds, torch.float32, chunk_size=chunk, block_v=block_v)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    assert_all_close(got, reference(inputs, dy, ds), tol=1e-5)
+
+
+@pytest.mark.parametrize("use_y,use_s", [(True, False), (False, True)], ids=["loss-on-y", "loss-on-state"])
+def test_gradient_when_only_one_output_is_used(use_y, use_s):
+    inputs = make_inputs(seed=11 + use_y, B=1, T=20, H=2, K=16, V=16)
+    g = torch.Generator().manual_seed(3)
+    dy, ds = torch.randn(1, 20, 2, 16, generator=g, dtype=torch.float64), torch.randn(1, 2, 16, 16, generator=g,
+                                                                                      dtype=torch.float64)
+    got = run_triton(inputs, dy, ds, torch.float32, use_y=use_y, use_s=use_s, chunk_size=8)
+    assert_all_close(got, reference(inputs, dy, ds, use_y, use_s), tol=1e-5)
+
+
+def test_bf16_inputs_match_reference_on_rounded_inputs():
+    inputs = make_inputs(seed=5, B=2, T=29, H=2, K=16, V=16)
+    rounded = [x.to(torch.bfloat16).double() for x in inputs[:6]] + [inputs[6].float().double()]
+    g = torch.Generator().manual_seed(9)
+    dy = torch.randn(2, 29, 2, 16, generator=g, dtype=torch.float64).to(torch.bfloat16).double()
+    ds = torch.randn(2, 2, 16, 16, generator=g, dtype=torch.float64)
+    got = run_triton(rounded, dy, ds, torch.bfloat16, chunk_size=16)
+    assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.float32
+    assert all(gr.dtype == torch.bfloat16 for gr in got[2][:6]) and got[2][6].dtype == torch.float32
+    assert_all_close(got, reference(rounded, dy, ds), tol=2e-2)
+
+
+def test_varlen_cu_seqlens_matches_per_sequence_reference():
+    lengths = [13, 0, 21, 6]                        # includes an empty sequence: sT = s0, ds0 = dsT
+    total, N, H, K, V = sum(lengths), len(lengths), 2, 16, 24
+    packed = make_inputs(seed=21, B=1, T=total, H=H, K=K, V=V, n_states=N)
+    g = torch.Generator().manual_seed(4)
+    dy = torch.randn(1, total, H, V, generator=g, dtype=torch.float64)
+    ds = torch.randn(N, H, V, K, generator=g, dtype=torch.float64)
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    got = run_triton(packed, dy, ds, torch.float32, cu_seqlens=cu.to(DEVICE), chunk_size=8, block_v=16)
+
+    ys, states, grads = [], [], [[] for _ in NAMES]
+    for n in range(N):
+        sl = slice(int(cu[n]), int(cu[n + 1]))
+        seq = [x[:, sl] for x in packed[:6]] + [packed[6][n:n + 1]]
+        y, sT, gr = reference(seq, dy[:, sl], ds[n:n + 1])
+        ys.append(y)
+        states.append(sT)
+        for acc, gi in zip(grads, gr):
+            acc.append(gi)
+    want = (torch.cat(ys, 1), torch.cat(states, 0),
+            [torch.cat(gs, dim=1 if i < 6 else 0) for i, gs in enumerate(grads)])   # tokens vs sequences
+    assert_all_close(got, want, tol=1e-5)
+    assert torch.equal(got[1][1].cpu(), packed[6][1].float())                  # empty sequence keeps s0
+    assert torch.equal(got[2][6][1].cpu(), ds[1].float())
+
+
+def test_decode_steps_match_reference_and_inplace():
+    B, T, H, K, V = 2, 5, 2, 16, 24
+    inputs = make_inputs(seed=31, B=B, T=T, H=H, K=K, V=V)
+    y_ref, s_ref = wkv7_naive(*inputs)
+    x32 = [x.to(DEVICE, torch.float32) for x in inputs]
+    state, ys = x32[6].clone(), []
+    for t in range(T):
+        step = [x[:, t] for x in x32[:6]]
+        y_t, state_new = kernels.wkv7_triton_decode(*step, state)
+        assert state_new.data_ptr() != state.data_ptr()
+        ys.append(y_t)
+        state = state_new
+    assert rel_err(torch.stack(ys, 1), y_ref) < 1e-5
+    assert rel_err(state, s_ref) < 1e-5
+
+    inplace_state = x32[6].clone()
+    y0, returned = kernels.wkv7_triton_decode(*[x[:, :1] for x in x32[:6]], inplace_state, inplace=True)
+    assert returned.data_ptr() == inplace_state.data_ptr() and y0.shape == (B, 1, H, V)
+    y_ref1, s_ref1 = wkv7_naive(*[x[:, :1] for x in inputs[:6]], inputs[6])
+    assert rel_err(y0, y_ref1) < 1e-5 and rel_err(inplace_state, s_ref1) < 1e-5
+
+
+def test_dispatcher_triton_backend_with_lengths():
+    inputs = make_inputs(seed=41, B=2, T=12, H=1, K=16, V=16)
+    lengths = torch.tensor([12, 7])
+    y, sT = wkv7(*[x.float().to(DEVICE) for x in inputs], lengths=lengths, backend="triton")
+    y_ref, s_ref = wkv7(*inputs, lengths=lengths, backend="naive")
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(sT, s_ref) < 1e-5
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = torch.zeros(2, 4, 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="logw has shape"):
+        kernels.wkv7_triton(x, x[:, :3], x, x, x, x)
+    with pytest.raises(ValueError, match="s0 has shape"):
+        kernels.wkv7_triton(x, x, x, x, x, x, torch.zeros(2, 1, 16, 8, device=DEVICE))
+    with pytest.raises(ValueError, match="packed as"):
+        kernels.wkv7_triton(x, x, x, x, x, x, cu_seqlens=torch.tensor([0, 4], dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="cu_seqlens must rise"):
+        kernels.wkv7_triton(x[:1], x[:1], x[:1], x[:1], x[:1], x[:1],
+                            cu_seqlens=torch.tensor([0, 3], dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        kernels.wkv7_triton(*[x.double()] * 6)
+    with pytest.raises(ValueError, match="one token"):
+        kernels.wkv7_triton_decode(x, x, x, x, x, x)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="checks the CPU-without-interpreter error path")
+def test_cpu_without_interpreter_raises_runtime_error():
+    code = ("import torch\nfrom rl_statetune_kernels import wkv7_triton\nx = torch.zeros(1, 2, 1, 16)\n"
+            "try:\n    wkv7_triton(x, x, x, x, x, x)\nexcept RuntimeError as e:\n    print('RAISED', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "RAISED" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout + out.stderr
