@@ -28,10 +28,15 @@ def wkv7_fla(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tens
     if not r.is_cuda:
         raise RuntimeError(f"wkv7_fla: fla's Triton kernels run only on CUDA tensors, got device {r.device}; "
                            "use backend='torch' (CPU) instead")
+    return call_chunk_rwkv7(chunk_rwkv7, r, logw, k, v, a, b, s0, cu_seqlens)
+
+
+def call_chunk_rwkv7(chunk_rwkv7, r, logw, k, v, a, b, s0=None, cu_seqlens=None):
+    """Translate to fla's conventions (state [N,H,K,V], scale 1, int64 offsets), call, and translate back."""
     params = inspect.signature(chunk_rwkv7).parameters
     if "w" not in params:
         raise RuntimeError("wkv7_fla: this fla version's chunk_rwkv7 has no log-decay argument 'w' "
-                           f"(signature {tuple(params)}); flash-linear-attention >= 0.2 is supported")
+                           f"(signature {tuple(params)}); use flash-linear-attention >= 0.2")
     h0 = s0.transpose(-1, -2).float().contiguous() if s0 is not None else None
     kwargs = dict(r=r, w=logw, k=k, v=v, a=a, b=b, scale=1.0, initial_state=h0, output_final_state=True)
     if cu_seqlens is not None:
