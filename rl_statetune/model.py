@@ -198,12 +198,18 @@ class RWKV7(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, state: RecurrentState | None = None,
-                lengths: torch.Tensor | None = None, return_hidden: bool = False):
+                lengths: torch.Tensor | None = None):
         """idx [B,T] -> (logits [B,T,V], state after each row's last real token).
 
         ``lengths`` [B] marks right padding: the returned state is taken at position lengths[b]-1 and padded
         positions never change it. Logits at padded positions are meaningless.
         """
+        hidden, new_state = self.hidden(idx, state, lengths)
+        return self.head(hidden), new_state
+
+    def hidden(self, idx: torch.Tensor, state: RecurrentState | None = None,
+               lengths: torch.Tensor | None = None):
+        """Like ``forward`` but returns the final ln_out features [B,T,C] instead of logits."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be [B, T], got shape {tuple(idx.shape)}")
         B, T = idx.shape
@@ -228,12 +234,7 @@ class RWKV7(nn.Module):
             out, last = blk.ffn(h, state.ffn_x[i], lengths)
             x = x + out
             ffn_x.append(last)
-        hidden = self.ln_out(x)
-        logits = self.head(hidden)
-        new_state = RecurrentState(torch.stack(att_x), torch.stack(wkv).float(), torch.stack(ffn_x))
-        if return_hidden:
-            return logits, new_state, hidden
-        return logits, new_state
+        return self.ln_out(x), RecurrentState(torch.stack(att_x), torch.stack(wkv).float(), torch.stack(ffn_x))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

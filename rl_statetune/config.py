@@ -1,0 +1,116 @@
+"""Typed run configuration, loaded from YAML files in ``configs/``.
+
+Each section is a small pydantic model that rejects unknown keys and bad values with a message naming the file
+and the field (``configs/x.yaml: train.stepz: extra inputs are not permitted``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    path: str = "embedded"                     # "embedded", a .pth/.safetensors file or an fla/HF folder
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    wkv_backend: Literal["auto", "torch", "naive", "triton", "fla"] = "auto"
+
+
+class DataConfig(Section):
+    task: Literal["synthetic", "jsonl"] = "synthetic"
+    target_format: Literal["answer", "hash", "sentence"] = "hash"   # synthetic task: the format to teach
+    path: str | None = None                    # jsonl task: rows {"prompt": ..., "target": ...}
+    train_size: int = Field(512, gt=0)
+    eval_size: int = Field(64, gt=0)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _path_for_jsonl(self):
+        if self.task == "jsonl" and not self.path:
+            raise ValueError("data.path is required when data.task is 'jsonl'")
+        return self
+
+
+class OptimConfig(Section):
+    lr: float = Field(1.0, gt=0)               # RWKV-PEFT practice for states: very high, decayed
+    lr_final: float = Field(0.01, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, gt=0)
+    batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_len: int = Field(256, gt=1)
+    log_every: int = Field(10, gt=0)
+    ckpt_every: int = Field(50, gt=0)
+    out_dir: str = "runs/quickstart"
+    seed: int = 0
+    eval_max_new_tokens: int = Field(32, gt=0)
+
+
+class UpscaleConfig(Section):
+    enabled: bool = False
+    feature_map: Literal["rbf", "taylor", "performer"] = "rbf"
+    features: int = Field(128, gt=0)           # M, the lifted key dimension
+    support: Literal["random", "kmeans"] = "kmeans"
+    gamma: float | None = None                 # None: median-distance heuristic
+    lr: float | None = None                    # None: same schedule as the state
+
+
+class DBPConfig(Section):
+    enabled: bool = False
+    eta: float = Field(1e-3, gt=0)
+    kappa: float = Field(5e-3, ge=0, le=1)
+    subsample: float = Field(0.1, gt=0, le=1)
+
+
+class TuneConfig(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    upscale: UpscaleConfig = UpscaleConfig()
+    dbp: DBPConfig = DBPConfig()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_config(data: dict, cls: type[BaseModel] = TuneConfig, source: str = "config") -> BaseModel:
+    try:
+        return cls.model_validate(data or {})
+    except ValidationError as e:
+        lines = [f"{source}: {'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path, cls: type[BaseModel] = TuneConfig, overrides: list[str] | None = None):
+    """Read YAML into ``cls``; ``overrides`` like ``["train.steps=10", "optim.lr=0.5"]`` win over the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no config file at {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return parse_config(data, cls, source=str(path))
