@@ -110,7 +110,8 @@ class TimeMix(nn.Module):
         xv, xa, xg = x + xx * self.x_v, x + xx * self.x_a, x + xx * self.x_g
 
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
-        logw = -DECAY_SCALE * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float())
+        wdt = torch.promote_types(x.dtype, torch.float32)  # decays in float32 at least (float64 stays float64)
+        logw = -DECAY_SCALE * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).to(wdt))
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0)
@@ -187,12 +188,18 @@ class RWKV7(nn.Module):
         return model.eval()
 
     # -- state -----------------------------------------------------------------------------------------------
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """WKV states are float32 (float64 for a float64 model), whatever the weights' dtype."""
+        return torch.promote_types(self.emb.weight.dtype, torch.float32)
+
     def zero_state(self, batch_size: int) -> RecurrentState:
         cfg, p = self.config, self.emb.weight
         L, C = cfg.n_layer, cfg.n_embd
         return RecurrentState(
             att_x=p.new_zeros(L, batch_size, C),
-            wkv=torch.zeros(L, batch_size, cfg.n_head, cfg.head_size, cfg.head_size, device=p.device),
+            wkv=torch.zeros(L, batch_size, cfg.n_head, cfg.head_size, cfg.head_size, device=p.device,
+                            dtype=self.state_dtype),
             ffn_x=p.new_zeros(L, batch_size, C),
         )
 
@@ -234,7 +241,7 @@ class RWKV7(nn.Module):
             out, last = blk.ffn(h, state.ffn_x[i], lengths)
             x = x + out
             ffn_x.append(last)
-        return self.ln_out(x), RecurrentState(torch.stack(att_x), torch.stack(wkv).float(), torch.stack(ffn_x))
+        return self.ln_out(x), RecurrentState(torch.stack(att_x), torch.stack(wkv).to(self.state_dtype), torch.stack(ffn_x))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
