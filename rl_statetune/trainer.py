@@ -46,8 +46,9 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
 
 def target_loss(model: RWKV7, tunable, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over the target tokens, starting every row from the tuned state."""
-    logits, _ = model(batch.idx, tunable.initial_state(model, batch.idx.shape[0]), lengths=batch.lengths)
-    return F.cross_entropy(logits[:, :-1][batch.loss_mask].float(), batch.idx[:, 1:][batch.loss_mask])
+    hidden, _ = model.hidden(batch.idx, tunable.initial_state(model, batch.idx.shape[0]), lengths=batch.lengths)
+    logits = model.head(hidden[:, :-1][batch.loss_mask])  # the vocabulary projection only where it is scored
+    return F.cross_entropy(logits.float(), batch.idx[:, 1:][batch.loss_mask])
 
 
 def held_out_accuracy(model, tokenizer, examples: list[Example], tunable=None, target_format: str | None = None,

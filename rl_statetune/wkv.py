@@ -29,6 +29,7 @@ import math
 import torch
 
 DEFAULT_CHUNK = 32
+SHORT_SEQUENCE = 4  # up to this many tokens the plain loop beats padding a chunk
 
 
 def wkv7_naive(r, logw, k, v, a, b, s0=None):
@@ -115,14 +116,18 @@ def mask_after_lengths(lengths, logw, k, v, a, b):
 def wkv7(r, logw, k, v, a, b, s0=None, lengths=None, backend: str = "auto", chunk_size: int = DEFAULT_CHUNK):
     """Dispatch the recurrence. ``lengths`` [B] handles right-padded batches of different lengths.
 
-    backend: "auto" (Triton on CUDA when available, else torch chunked), "torch", "naive", "triton", "fla".
+    backend: "auto" (Triton on CUDA when available; on CPU the token loop for a few tokens, e.g. decoding,
+    and the chunked path otherwise), "torch", "naive", "triton", "fla".
     Returns (y [B,T,H,V], final state [B,H,V,K] in float32 or the input's float64).
     """
     _check_shapes(r, logw, k, v, a, b, s0)
     if lengths is not None:
         logw, k, v, a, b = mask_after_lengths(lengths, logw, k, v, a, b)
     if backend == "auto":
-        backend = "triton" if r.is_cuda and _triton_available() else "torch"
+        if r.is_cuda and _triton_available():
+            backend = "triton"
+        else:
+            backend = "naive" if r.shape[1] <= SHORT_SEQUENCE else "torch"
     if backend == "torch":
         return wkv7_chunked(r, logw, k, v, a, b, s0, chunk_size)
     if backend == "naive":
