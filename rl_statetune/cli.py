@@ -57,14 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=["\\n\\n"], help="stop string (escapes allowed)")
     g.set_defaults(fn=_generate)
 
-    try:
-        from rl_statetune.eval.cli import add_eval_args, eval_main
-    except ImportError:  # evaluation extras missing: the command explains itself
-        add_eval_args = eval_main = None
-    e = sub.add_parser("eval", help="MMLU / GSM8K / WinoGrande / ARC-C before and after tuning")
-    if add_eval_args is not None:
-        add_eval_args(e)
-        e.set_defaults(fn=eval_main)
+    from rl_statetune.eval.cli import add_eval_args, eval_main
+
+    e = sub.add_parser("eval", help="MMLU / GSM8K / WinoGrande / ARC-C, base model vs tuned states")
+    add_eval_args(e)
+    e.set_defaults(fn=eval_main)
     return ap
 
 
@@ -72,9 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not hasattr(args, "fn"):
-        print(f"rl-statetune {args.command}: not available in this installation", file=sys.stderr)
-        return 2
     try:
         return args.fn(args) or 0
     except (FileNotFoundError, ValueError) as e:
