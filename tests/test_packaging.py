@@ -1,0 +1,31 @@
+"""Import names: kernels/ and guides/ install as rl_statetune_kernels / rl_statetune_guides, and a bare `kernels`
+folder on sys.path must not make transformers believe the Hugging Face `kernels` package is installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_packages_import_under_their_safe_names():
+    import rl_statetune_guides
+    import rl_statetune_kernels
+
+    assert Path(rl_statetune_kernels.__file__).parent == ROOT / "kernels"
+    assert Path(rl_statetune_guides.__file__).parent == ROOT / "guides"
+
+
+def test_transformers_does_not_mistake_our_kernels_folder_for_hf_kernels():
+    # run from the repository root, where `kernels/` is importable as a plain folder
+    code = ("import importlib.util, importlib.metadata as md\n"
+            "from transformers.utils import is_kernels_available\n"
+            "spec = importlib.util.find_spec('kernels')\n"
+            "try:\n    md.version('kernels'); real = True\nexcept md.PackageNotFoundError:\n    real = False\n"
+            "print(spec is not None, real, is_kernels_available())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    found, real, available = out.stdout.split()
+    assert found == "True"              # the folder is visible as `kernels` from the repo root...
+    assert available == real            # ...but transformers only reports the real, installed package
