@@ -39,9 +39,13 @@ def init_rwkv7(cfg: RWKV7Config, seed: int = 0, noise: float = 0.0) -> RWKV7:
         att.k_k.fill_(0.85)
         att.k_a.fill_(1.0)
         att.r_k.copy_(rand(H, N, scale=0.1) if noise else torch.full((H, N), -0.04))
-        for lo, hi, d in ((att.w1, att.w2, cfg.dim_w), (att.a1, att.a2, cfg.dim_a), (att.g1, att.g2, cfg.dim_g)):
+        for lo, hi, d in ((att.w1, att.w2, cfg.dim_w), (att.a1, att.a2, cfg.dim_a)):
             lo.copy_(rand(C, d, scale=1 / math.sqrt(C)))
             hi.copy_(rand(d, C, scale=noise / math.sqrt(d)) if noise else torch.zeros(d, C))
+        # the gate's up-projection must start non-zero: with g = 0 and a zero output projection both gradients
+        # vanish and the attention never trains
+        att.g1.copy_(rand(C, cfg.dim_g, scale=1 / math.sqrt(C)))
+        att.g2.copy_(rand(cfg.dim_g, C, scale=max(noise, 0.1) / math.sqrt(cfg.dim_g)))
         if i > 0:
             att.v0.fill_(1.0)
             att.v1.copy_(rand(C, cfg.dim_v, scale=1 / math.sqrt(C)))
