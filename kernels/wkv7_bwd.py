@@ -51,7 +51,7 @@ def _wkv7_bwd_kernel(r, logw, k, v, a, b, ckpt, dy, dsT, ds0, dr, dlogw, dk, dv,
     else:
         D = tl.zeros([BV, BK], dtype=tl.float32)
 
-    n_chunks = tl.cdiv(eos - bos, CHUNK)
+    n_chunks = (eos - bos + CHUNK - 1) // CHUNK
     for j in range(0, n_chunks):
         i_c = n_chunks - 1 - j
         t0 = bos + i_c * CHUNK

@@ -25,7 +25,7 @@ def seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK: tl.constexpr, IS_VARLEN
     else:
         bos = i_n.to(tl.int64) * T
         eos = bos + T
-        c0 = i_n.to(tl.int64) * tl.cdiv(T, CHUNK)
+        c0 = i_n.to(tl.int64) * ((T + CHUNK - 1) // CHUNK)   # no tl.cdiv (interpreter, docs/kernels.md)
     return bos, eos, c0
 
 

@@ -4,13 +4,17 @@ agreement of fla's chunk_rwkv7 with the float64 reference (y, sT and every gradi
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 import pytest
 import torch
 
-from rl_statetune.wkv import wkv7_naive
-from rl_statetune_kernels import fla_backend, wkv7_fla
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"    # before triton is imported: see tests/test_triton_wkv.py
+
+from rl_statetune.wkv import wkv7_naive  # noqa: E402
+from rl_statetune_kernels import fla_backend, wkv7_fla  # noqa: E402
 
 NAMES = ("r", "logw", "k", "v", "a", "b", "s0")
 

@@ -1,7 +1,10 @@
 """Triton WKV-7 kernels vs the float64 token-loop reference (forward, every gradient incl. ds0, varlen, decode).
 
-Without a GPU the kernels run in Triton's interpreter, which is chosen when a kernel is *defined*, so this module
-sets TRITON_INTERPRET=1 before importing them (and re-imports them if another module loaded them compiled).
+Without a GPU the kernels run in Triton's interpreter. Triton picks interpreter or compiler when a @triton.jit
+function is *defined*, including its own library functions (tl.sum, tl.cdiv) when triton is first imported, so
+TRITON_INTERPRET=1 must be set before anything imports triton: this module and test_fla_backend.py set it at the
+top (a conftest.py doing so would cover every order), re-import our kernels if they were loaded compiled, and
+fail loudly if triton itself was imported compiled first.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
 
+import triton.language as tl  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+if DEVICE == "cpu" and not isinstance(tl.sum, InterpretedFunction):
+    raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set, so its library functions are "
+                       "compiled-only and the kernels cannot run on CPU; set TRITON_INTERPRET=1 in tests/conftest.py "
+                       "or in the environment")
 
 from rl_statetune.wkv import wkv7, wkv7_naive  # noqa: E402
 
