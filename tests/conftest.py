@@ -7,8 +7,13 @@ import os
 os.environ.setdefault("RWKV_V7_ON", "1")  # must precede any `import rwkv.model`
 os.environ.setdefault("RWKV_JIT_ON", "0")
 
-import pytest
-import torch
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    # Triton picks interpreter vs compiler when it is first imported, by anyone: set it before that happens
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from rl_statetune.checkpoint import save_blinkdl
 from rl_statetune.init import init_rwkv7
