@@ -60,15 +60,21 @@ class TrainConfig(Section):
 
 
 class UpscaleConfig(Section):
+    """Kernel-upscaled state (docs/upscaling.md)."""
     enabled: bool = False
     feature_map: Literal["rbf", "taylor", "performer"] = "rbf"
-    features: int = Field(128, gt=0)           # M, the lifted key dimension
+    features: int = Field(128, gt=0)           # M, the lifted key dimension (taylor: 1+d+d^2 <= M)
     support: Literal["random", "kmeans"] = "kmeans"
-    gamma: float | None = None                 # None: median-distance heuristic
-    lr: float | None = None                    # None: same schedule as the state
+    support_path: str | None = None            # from `rl-statetune init-support`; None: computed at start
+    support_texts: int = Field(64, gt=0)       # training examples the support vectors are chosen on
+    gamma: float | None = Field(None, gt=0)    # None: median-distance heuristic
+    lr: float | None = Field(None, gt=0)       # lifted state's peak lr; None: the state's (same schedule)
+    train_r: bool = True                       # R also learns by gradient (DBP updates it either way)
+    r_lr: float | None = Field(0.01, gt=0)     # R's peak lr; None: the state's
 
 
 class DBPConfig(Section):
+    """Decorrelation of the kernel features after each optimiser step (needs upscale.enabled)."""
     enabled: bool = False
     eta: float = Field(1e-3, gt=0)
     kappa: float = Field(5e-3, ge=0, le=1)
@@ -82,6 +88,12 @@ class TuneConfig(Section):
     train: TrainConfig = TrainConfig()
     upscale: UpscaleConfig = UpscaleConfig()
     dbp: DBPConfig = DBPConfig()
+
+    @model_validator(mode="after")
+    def _dbp_needs_upscale(self):
+        if self.dbp.enabled and not self.upscale.enabled:
+            raise ValueError("dbp.enabled needs upscale.enabled (DBP decorrelates the kernel features)")
+        return self
 
 
 class ConfigError(ValueError):

@@ -53,22 +53,30 @@ class RecurrentState:
     att_x: torch.Tensor
     wkv: torch.Tensor
     ffn_x: torch.Tensor
+    # optional kernel-upscaled state (rl_statetune.upscale): lifted [L, B, H, N, M] and the per-layer modules
+    # ``lift[i](r, kk, a, logw, s, lengths, backend) -> (o, s_new)`` that evolve it and read it out
+    lifted: torch.Tensor | None = None
+    lift: nn.ModuleList | None = None
 
     @property
     def batch_size(self) -> int:
         return self.wkv.shape[1]
 
+    def _with(self, fn) -> "RecurrentState":
+        lifted = None if self.lifted is None else fn(self.lifted)
+        return RecurrentState(fn(self.att_x), fn(self.wkv), fn(self.ffn_x), lifted, self.lift)
+
     def detach(self) -> "RecurrentState":
-        return RecurrentState(self.att_x.detach(), self.wkv.detach(), self.ffn_x.detach())
+        return self._with(torch.Tensor.detach)
 
     def select(self, rows: torch.Tensor | list[int]) -> "RecurrentState":
         """Keep the given batch rows (for beam pruning or dropping finished sequences)."""
         rows = torch.as_tensor(rows, device=self.wkv.device)
-        return RecurrentState(self.att_x[:, rows], self.wkv[:, rows], self.ffn_x[:, rows])
+        return self._with(lambda t: t[:, rows])
 
     def repeat(self, n: int) -> "RecurrentState":
         """Repeat every row n times (row-major), e.g. to sample a group of n completions per prompt."""
-        return RecurrentState(*(t.repeat_interleave(n, dim=1) for t in (self.att_x, self.wkv, self.ffn_x)))
+        return self._with(lambda t: t.repeat_interleave(n, dim=1))
 
 
 def _shift(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
@@ -102,7 +110,11 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=LN_X_EPS)
 
-    def forward(self, x, x_prev, wkv_state, v_first, lengths=None, backend="auto"):
+    def forward(self, x, x_prev, wkv_state, v_first, lengths=None, backend="auto", lift=None, lifted=None):
+        """-> (output, last token's x, new WKV state, v_first, new lifted state or None).
+
+        ``lift`` / ``lifted``: optional upscaled-state module and its state (``RecurrentState.lift``); its
+        readout is added to the WKV output before ln_x."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         xx = _shift(x, x_prev) - x
@@ -125,9 +137,12 @@ class TimeMix(nn.Module):
         a_h = heads(a)
         y, wkv_state = wkv7(heads(r), logw.view(B, T, H, N), heads(k), heads(v), -kk, kk * a_h,
                             s0=wkv_state, lengths=lengths, backend=backend)
+        if lift is not None:
+            y_up, lifted = lift(heads(r), kk, a_h, logw.view(B, T, H, N), lifted, lengths, backend)
+            y = y + y_up
         y = self.ln_x(y.reshape(B * T, C).to(x.dtype)).view(B, T, C)
         y = y + ((heads(r) * heads(k) * self.r_k).sum(dim=-1, keepdim=True) * heads(v)).view(B, T, C)
-        return self.output(y * g), _last(x, lengths), wkv_state, v_first
+        return self.output(y * g), _last(x, lengths), wkv_state, v_first, lifted
 
 
 class ChannelMix(nn.Module):
@@ -227,21 +242,28 @@ class RWKV7(nn.Module):
         elif state.batch_size != B:
             raise ValueError(f"state has batch size {state.batch_size} but idx has {B}")
         x = self.emb(idx)
-        att_x, wkv, ffn_x = [], [], []
+        if (state.lift is None) != (state.lifted is None):
+            raise ValueError("RecurrentState.lifted and RecurrentState.lift must be given together")
+        att_x, wkv, ffn_x, lifted = [], [], [], []
         v_first = None
         for i, blk in enumerate(self.blocks):
             if i == 0:
                 x = blk.ln0(x)
             h = blk.ln1(x)
-            out, last, s, v_first = blk.att(h, state.att_x[i], state.wkv[i], v_first, lengths, self.wkv_backend)
+            up = (None, None) if state.lift is None else (state.lift[i], state.lifted[i])
+            out, last, s, v_first, s_up = blk.att(h, state.att_x[i], state.wkv[i], v_first, lengths,
+                                                  self.wkv_backend, *up)
             x = x + out
             att_x.append(last)
             wkv.append(s)
+            lifted.append(s_up)
             h = blk.ln2(x)
             out, last = blk.ffn(h, state.ffn_x[i], lengths)
             x = x + out
             ffn_x.append(last)
-        return self.ln_out(x), RecurrentState(torch.stack(att_x), torch.stack(wkv).to(self.state_dtype), torch.stack(ffn_x))
+        new_lifted = None if state.lift is None else torch.stack(lifted).to(self.state_dtype)
+        return self.ln_out(x), RecurrentState(torch.stack(att_x), torch.stack(wkv).to(self.state_dtype),
+                                              torch.stack(ffn_x), new_lifted, state.lift)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

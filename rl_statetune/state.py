@@ -69,7 +69,12 @@ class StateFile:
                 "size they were tuned on")
 
     def to_module(self, cfg: RWKV7Config) -> TimeState:
+        """The tunable module: a ``TimeState``, or an ``UpscaledState`` when the file carries upscale.* tensors."""
         self.check_fits(cfg)
+        if any(k.startswith("upscale.") for k in self.extras):
+            from rl_statetune.upscale import UpscaledState
+
+            return UpscaledState.from_state_file(self, cfg)
         return TimeState(cfg, self.time_state)
 
 

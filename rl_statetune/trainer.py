@@ -26,6 +26,7 @@ from rl_statetune.paths import resolve_model_path
 from rl_statetune.state import TimeState, initial_state_fn, model_fingerprint, save_state
 from rl_statetune.synthetic import extract_answer
 from rl_statetune.tokenizer import WorldTokenizer
+from rl_statetune.upscale import UpscaledState, dbp_step, param_groups
 
 log = logging.getLogger("rl_statetune.tune")
 
@@ -70,6 +71,25 @@ def held_out_accuracy(model, tokenizer, examples: list[Example], tunable=None, t
     return correct / len(examples)
 
 
+def make_tunable(model: RWKV7, tok, train: list[Example], cfg: TuneConfig) -> TimeState:
+    """The zero-initialised tunable: a ``TimeState``, or an ``UpscaledState`` when ``upscale.enabled``."""
+    if not cfg.upscale.enabled:
+        return TimeState(model.config)
+    from rl_statetune.support import support_from_config
+
+    maps = support_from_config(model, tok, [e.prompt + e.target for e in train], cfg.upscale, cfg.train.seed,
+                               cfg.upscale.support_texts)
+    state = UpscaledState(model.config, maps)
+    if cfg.dbp.enabled:
+        state.set_recording(cfg.dbp.subsample)
+    return state
+
+
+def tunable_param_groups(state: TimeState, cfg: TuneConfig) -> list[dict]:
+    up = cfg.upscale
+    return param_groups(state, cfg.optim.lr, up.lr, up.r_lr, up.train_r)
+
+
 @dataclass
 class TuneResult:
     out_dir: Path
@@ -108,8 +128,8 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
     tok = WorldTokenizer()
     train, held = load_examples(cfg.data)
     fmt = cfg.data.target_format if cfg.data.task == "synthetic" else None
-    state = TimeState(model.config)
-    opt = torch.optim.AdamW(state.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+    state = make_tunable(model, tok, train, cfg)
+    opt = torch.optim.AdamW(tunable_param_groups(state, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas,
                             weight_decay=cfg.optim.weight_decay)
     start, acc_before = 0, float("nan")
     ckpt = out / "checkpoint.pt"
@@ -119,7 +139,10 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         if saved["config"] != cfg.model_dump(mode="json"):
             raise ValueError(f"--resume: {ckpt} was written with a different configuration")
-        state.time_state.data.copy_(saved["time_state"])
+        if "tunable" in saved:
+            state.load_state_dict(saved["tunable"])
+        else:
+            state.time_state.data.copy_(saved["time_state"])
         opt.load_state_dict(saved["optimizer"])
         start, acc_before = saved["step"], saved["acc_before"]
         log.info("resumed from %s at step %d", ckpt, start)
@@ -135,7 +158,7 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
     for step in bar:
         lr = lr_at(step, steps, cfg.optim)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for micro in range(accum):
@@ -146,17 +169,23 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
             tokens += int(batch.lengths.sum())
         torch.nn.utils.clip_grad_norm_(state.parameters(), cfg.optim.grad_clip)
         opt.step()
+        decor = dbp_step(state, cfg.dbp.eta, cfg.dbp.kappa) if cfg.dbp.enabled else None
         loss_val = loss_sum
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
             rate = tokens / max(time.time() - t0, 1e-9)
             rec = {"step": step + 1, "loss": round(loss_val, 5), "lr": lr, "tokens_per_s": round(rate, 1),
                    "state_norm": round(state.time_state.norm().item(), 4)}
+            if isinstance(state, UpscaledState):
+                rec["lifted_norm"] = round(state.lifted_state.norm().item(), 4)
+            if decor is not None:
+                rec["decor_loss"] = round(decor, 6)
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.3g}", tok_s=f"{rate:,.0f}")
             log.info("step %d loss %.4f lr %.4g tokens/s %.0f", step + 1, loss_val, lr, rate)
         if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == steps:
             _atomic_save({"step": step + 1, "time_state": state.time_state.detach().clone(),
+                          "tunable": {k: v.detach().clone() for k, v in state.state_dict().items()},
                           "optimizer": opt.state_dict(), "config": cfg.model_dump(mode="json"),
                           "acc_before": acc_before}, ckpt)
     metrics.close()
@@ -165,8 +194,11 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
             "base_model_sha256_16": model_fingerprint(resolve_model_path(cfg.model.path)),
             "model_config": model.config.__dict__, "tune_config": cfg.model_dump(mode="json"),
             "steps": steps, "final_loss": loss_val}
-    save_state(out / "state.pth", state.time_state)
-    save_state(out / "state.safetensors", state.time_state, metadata=meta)
+    extras = state.extras() if isinstance(state, UpscaledState) else None
+    if extras:
+        meta |= state.metadata()
+    save_state(out / "state.pth", state.time_state)  # runtime format: the standard state only
+    save_state(out / "state.safetensors", state.time_state, metadata=meta, extras=extras)
     acc_after = held_out_accuracy(model, tok, held, state, fmt, cfg.train.eval_max_new_tokens) if evaluate \
         else float("nan")
     result = TuneResult(out, steps, loss_val, acc_before, acc_after, time.time() - t_start)
