@@ -1,0 +1,206 @@
+"""Typed, strict guide configuration (unknown keys are errors) and its YAML loader.
+
+A guide config names a ``backend`` and that backend's ``options``::
+
+    backend: transformers
+    resources: {num_cpus: 2, num_gpus: 0}     # used when the guide runs as a Ray actor
+    options:
+      model: /models/smollm2-135m-instruct
+      dtype: float32
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "BACKENDS",
+    "GuideConfig",
+    "Resources",
+    "TransformersOptions",
+    "VLLMOptions",
+    "OpenAIOptions",
+    "DatasetOptions",
+    "load_guide_config",
+]
+
+Backend = Literal["transformers", "vllm", "openai", "dataset"]
+BACKENDS: tuple[str, ...] = ("transformers", "vllm", "openai", "dataset")
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """Ray resources of the actor hosting the guide (ignored when the guide runs in-process)."""
+
+    num_cpus: Annotated[float, Field(ge=0)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+
+
+class _LocalModelOptions(_Strict):
+    """Options shared by the backends that load the model weights themselves."""
+
+    model: str = Field(description="Local folder or Hugging Face hub id of a causal LM.")
+    tokenizer: str | None = Field(None, description="Tokenizer folder/id when it differs from the model.")
+    trust_remote_code: bool = False
+    dtype: DType = "auto"
+    chat_template: bool | None = Field(
+        None, description="Wrap prompts in the tokenizer's chat template; None = when the tokenizer has one."
+    )
+    system_prompt: str | None = None
+    top_p: TopP = 1.0
+
+
+class TransformersOptions(_LocalModelOptions):
+    """In-process Hugging Face ``AutoModelForCausalLM`` (CPU or one GPU)."""
+
+    backend: Literal["transformers"] = "transformers"
+    gguf_file: str | None = Field(None, description="Load (and dequantise) this GGUF file inside `model`.")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    seed: int | None = Field(None, description="Seeds sampling per call without touching the global RNG.")
+
+
+class VLLMOptions(_LocalModelOptions):
+    """Offline ``vllm.LLM`` engine in this process (or in a Ray actor, see ``ray_actor``)."""
+
+    backend: Literal["vllm"] = "vllm"
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    pipeline_parallel_size: Annotated[int, Field(ge=1)] = 1
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    max_model_len: Annotated[int, Field(ge=1)] | None = None
+    quantization: str | None = None
+    enforce_eager: bool = False
+    seed: int = 0
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments passed verbatim to vllm.LLM."
+    )
+
+    @model_validator(mode="after")
+    def _no_shadowed_kwargs(self) -> VLLMOptions:
+        named = {
+            "model",
+            "tokenizer",
+            "trust_remote_code",
+            "dtype",
+            "tensor_parallel_size",
+            "pipeline_parallel_size",
+            "gpu_memory_utilization",
+            "max_model_len",
+            "quantization",
+            "enforce_eager",
+            "seed",
+        }
+        clash = sorted(named & set(self.engine_kwargs))
+        if clash:
+            raise ValueError(f"engine_kwargs repeats named options {clash}; set them as options instead")
+        return self
+
+
+class OpenAIOptions(_Strict):
+    """Any OpenAI-compatible completions server (``vllm serve``, SGLang, TGI ...)."""
+
+    backend: Literal["openai"] = "openai"
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Server root including /v1.")
+    model: str = Field(description="Model name the server serves (the `model` request field).")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key, if any.")
+    prompt_template: str = Field(
+        "{prompt}", description="Python format string applied to each prompt; the server applies no template."
+    )
+    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    backoff_s: Annotated[float, Field(ge=0)] = 0.5
+    backoff_max_s: Annotated[float, Field(ge=0)] = 8.0
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    top_p: TopP = 1.0
+    seed: int | None = None
+    score_max_tokens: Literal[0, 1] = Field(
+        1, description="max_tokens of echo scoring requests; 0 where the server accepts it (saves a step)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> OpenAIOptions:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        try:
+            rendered = self.prompt_template.format(prompt="\x00")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"prompt_template must only use the {{prompt}} field: {e!r}") from e
+        if "\x00" not in rendered:
+            raise ValueError("prompt_template must contain {prompt}")
+        return self
+
+
+class DatasetOptions(_Strict):
+    """Reference rationales from a dataset: the guide 'writes' the dataset's answer for a known prompt."""
+
+    backend: Literal["dataset"] = "dataset"
+    path: str | None = Field(None, description="Local .jsonl/.json/.csv/.parquet file.")
+    hf_name: str | None = Field(None, description="Hub dataset name (e.g. openai/gsm8k), via datasets.")
+    hf_config: str | None = None
+    split: str = "train"
+    prompt_field: str = "question"
+    target_field: str = "answer"
+    strip_calculator_annotations: bool = Field(False, description="Remove GSM8K '<<48/2=24>>' annotations.")
+    on_missing: Literal["error", "empty"] = "error"
+    on_duplicate: Literal["first", "error"] = "first"
+    score_logprob: Annotated[float, Field(le=0)] | None = Field(
+        None, description="Constant per-piece log-prob returned by score(); None makes score() raise."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetOptions:
+        if (self.path is None) == (self.hf_name is None):
+            raise ValueError("set exactly one of `path` (local file) and `hf_name` (hub dataset)")
+        return self
+
+
+Options = Annotated[TransformersOptions | VLLMOptions | OpenAIOptions | DatasetOptions, Field(discriminator="backend")]
+
+
+class GuideConfig(_Strict):
+    """Which guide to build and how. ``options`` is validated against the ``backend``'s option model."""
+
+    backend: Backend
+    name: str | None = Field(None, description="Label for logs and the Ray actor name.")
+    resources: Resources = Resources()
+    options: Options
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "options" not in data:
+            return data
+        backend, options = data.get("backend"), data["options"]
+        if isinstance(options, dict):
+            if "backend" in options and options["backend"] != backend:
+                raise ValueError(f"options.backend {options['backend']!r} contradicts backend {backend!r}")
+            data = {**data, "options": {**options, "backend": backend}}
+        elif isinstance(options, BaseModel) and getattr(options, "backend", None) != backend:
+            raise ValueError(f"options are {type(options).__name__} but backend is {backend!r}")
+        return data
+
+
+def load_guide_config(path: str | Path) -> GuideConfig:
+    """Read a guide YAML file. Raises ``ValueError`` naming the file and the offending keys."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"guide config not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"guide config {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"guide config {path} must be a mapping, got {type(raw).__name__}")
+    try:
+        return GuideConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(f"invalid guide config {path}:\n{e}") from e

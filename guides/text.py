@@ -1,0 +1,115 @@
+"""Character-offset bookkeeping shared by the backends.
+
+Tokenizers report token spans in different conventions (trimmed leading spaces, several byte tokens
+sharing one character, echoed special tokens). These helpers turn any of them into the one convention of
+:class:`~rl_statetune_guides.base.ScoredText`: a contiguous partition of the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .base import ScoredText
+from .errors import GuideOutputError
+
+__all__ = ["partition_offsets", "tokenize_continuation", "align_pieces", "scored_text"]
+
+# How far ahead align_pieces looks for the next token after an undecodable run (characters).
+_ALIGN_WINDOW = 16
+
+
+def partition_offsets(raw: Sequence[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """Repair tokenizer offsets into a contiguous partition of ``[0, length)``.
+
+    A gap before a token (trimmed whitespace) joins that token; an overlap (byte tokens of one
+    character) leaves the later token an empty span; trailing uncovered characters join the last token.
+    """
+    if not raw:
+        if length:
+            raise ValueError(f"no token offsets for a text of {length} characters")
+        return []
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for start, end in raw:
+        if start < 0 or end < start:
+            raise ValueError(f"invalid token offset ({start}, {end})")
+        end = min(max(end, cursor), length)
+        spans.append((cursor, end))
+        cursor = end
+    if cursor < length:
+        spans[-1] = (spans[-1][0], length)
+    return spans
+
+
+def tokenize_continuation(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of ``text`` on its own (no special tokens) and their partitioned character spans.
+
+    The continuation is tokenized separately from the prompt, which is how a guide would have produced
+    it token by token after the prompt, and keeps every token inside the continuation.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; scoring needs offset mappings "
+            "(load the guide's tokenizer with use_fast=True / a tokenizer.json)"
+        )
+    if not text:
+        return [], []
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    return ids, partition_offsets([tuple(o) for o in enc["offset_mapping"]], len(text))
+
+
+def align_pieces(text: str, pieces: Sequence[str]) -> list[tuple[int, int]]:
+    """Character spans of decoded token strings ``pieces`` inside ``text``.
+
+    Pieces that match ``text`` at the cursor take their own length. A run of pieces that does not match
+    (a leading BOS such as ``<s>``, byte tokens decoded to ``\\ufffd``) is resolved by the next matching
+    piece within a short window: the run's first token takes the skipped characters, the others are empty.
+
+    Raises:
+        GuideOutputError: the pieces cannot be aligned to the text.
+    """
+    spans: list[tuple[int, int] | None] = []
+    cursor = 0
+    pending: list[int] = []  # indices of unmatched pieces waiting for the next match
+
+    def flush(upto: int) -> None:
+        for j, idx in enumerate(pending):
+            spans[idx] = (cursor, upto) if j == 0 else (upto, upto)
+        pending.clear()
+
+    for i, piece in enumerate(pieces):
+        spans.append(None)
+        if not pending and piece and text.startswith(piece, cursor):
+            spans[i] = (cursor, cursor + len(piece))
+            cursor += len(piece)
+            continue
+        if pending and piece:
+            found = text.find(piece, cursor, cursor + _ALIGN_WINDOW + len(piece))
+            if found >= 0:
+                flush(found)
+                cursor = found
+                spans[i] = (cursor, cursor + len(piece))
+                cursor += len(piece)
+                continue
+        pending.append(i)
+    if pending:
+        flush(len(text))
+        cursor = len(text)
+    if cursor != len(text):
+        raise GuideOutputError(
+            f"guide token pieces cover {cursor} of {len(text)} characters; cannot align them to the text"
+        )
+    assert all(s is not None for s in spans)
+    return spans  # type: ignore[return-value]
+
+
+def scored_text(text: str, spans: Sequence[tuple[int, int]], logprobs: Sequence[float]) -> ScoredText:
+    """Build a :class:`ScoredText` from a partition of ``text`` and one log-probability per span."""
+    return ScoredText(
+        text=text,
+        pieces=tuple(text[s:e] for s, e in spans),
+        offsets=tuple((int(s), int(e)) for s, e in spans),
+        logprobs=tuple(float(lp) for lp in logprobs),
+    )
