@@ -1,0 +1,1 @@
+"""Entry points for launching RL runs on a Ray cluster (see launch/submit_entry.py)."""

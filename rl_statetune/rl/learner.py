@@ -1,0 +1,157 @@
+"""The learner: a frozen RWKV-7 whose only trainable parameter is its initial WKV state.
+
+A step scores every position of a batch of guide CoTs in ONE teacher-forced parallel forward: the hidden
+states at all CoT positions give the learner's next-token distributions, ``G`` actions are sampled per
+position, rewarded against the guide, and the policy-gradient surrogate is backpropagated into the state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from rl_statetune_guides import Guide
+
+from rl_statetune.model import RWKV7
+from rl_statetune.rl.config import RLConfig
+from rl_statetune.rl.cot import CotBatch, CotItem, collate_cots
+from rl_statetune.rl.policy_gradient import EmaBaseline, advantages, l2_penalty, pg_loss
+from rl_statetune.rl.rewards import (
+    guide_logprob_reward,
+    guide_logprobs_of_actions,
+    match_reward,
+    multistep_reward,
+    reverse_kl_reward,
+)
+from rl_statetune.rl.rollout import sample_rollouts, sequence_logprobs
+from rl_statetune.state import TimeState
+from rl_statetune.trainer import lr_at
+
+GUIDE_SCORED_REWARDS = ("guide_logprob", "reverse_kl", "multistep")
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Learner:
+    """Policy-gradient state tuning. ``guide`` is needed by the rewards that ask it for log-probabilities."""
+
+    def __init__(self, model: RWKV7, tokenizer, cfg: RLConfig, guide: Guide | None = None, seed: int = 0):
+        if cfg.reward.kind in GUIDE_SCORED_REWARDS and guide is None:
+            raise ValueError(f"reward {cfg.reward.kind!r} asks the guide for log-probabilities; pass a guide")
+        self.model, self.tok, self.cfg, self.guide = model, tokenizer, cfg, guide
+        self.device = model.emb.weight.device
+        self.state = TimeState(model.config).to(self.device)
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.state.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.baseline = EmaBaseline(cfg.pg.ema_decay)
+
+    def init_state(self, batch_size: int):
+        return self.state.initial_state(self.model, batch_size)
+
+    def collate(self, items: list[CotItem]) -> CotBatch:
+        return collate_cots(items, self.tok, self.cfg.train.max_len)
+
+    # -- the one forward ---------------------------------------------------------------------------------------
+    def policy_logprobs(self, batch: CotBatch) -> torch.Tensor:
+        """[P, V] learner log-probabilities (at the sampling temperature) at every CoT position, one forward."""
+        idx = batch.idx.to(self.device)
+        hidden, _ = self.model.hidden(idx, self.init_state(idx.shape[0]), lengths=batch.lengths.to(self.device))
+        h = hidden[:, :-1][batch.mask.to(self.device)]
+        return torch.log_softmax(self.model.head(h).float() / self.cfg.reward.temperature, dim=-1)
+
+    def sample_actions(self, logp: torch.Tensor, samples: int) -> torch.Tensor:
+        return torch.multinomial(logp.detach().exp(), samples, replacement=True, generator=self.generator)
+
+    def single_step_rewards(self, batch: CotBatch, logp: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """[P, G] rewards of ``actions`` sampled from ``logp`` at the batch's CoT positions."""
+        kind = self.cfg.reward.kind
+        a = actions.cpu()
+        if kind == "match":
+            return match_reward(a, batch.targets)
+        g = guide_logprobs_of_actions(self.guide, batch, a, self.tok, self.cfg.reward.floor_logprob)
+        if kind == "guide_logprob":
+            return guide_logprob_reward(g)
+        if kind == "reverse_kl":
+            return reverse_kl_reward(g, logp.detach().gather(1, actions).cpu())
+        raise ValueError(f"{kind!r} is not a single-step reward")
+
+    # -- losses ------------------------------------------------------------------------------------------------
+    def loss(self, batch: CotBatch) -> tuple[torch.Tensor, dict]:
+        if self.cfg.reward.kind == "multistep":
+            return self._multistep_loss(batch)
+        rc, pc = self.cfg.reward, self.cfg.pg
+        logp = self.policy_logprobs(batch)
+        actions = self.sample_actions(logp, rc.samples)
+        rewards = self.single_step_rewards(batch, logp, actions)
+        adv = advantages(rewards, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
+        lp = logp.gather(1, actions)
+        loss = pg_loss(lp, adv.to(lp.device)) + l2_penalty(self.state.time_state, pc.l2)
+        targets = batch.targets.to(self.device)
+        return loss, {"reward": float(rewards.mean()),
+                      "match_argmax": float((logp.detach().argmax(-1) == targets).float().mean()),
+                      "match_sample": float((actions == targets[:, None]).float().mean()),
+                      "target_logprob": float(logp.detach().gather(1, targets[:, None]).mean()),
+                      "positions": int(logp.shape[0])}
+
+    def _multistep_loss(self, batch: CotBatch) -> tuple[torch.Tensor, dict]:
+        rc, pc = self.cfg.reward, self.cfg.pg
+        rows, ends, chars, items = [], [], [], []
+        per_row: dict[int, list[int]] = {}
+        for b, t in batch.mask.nonzero().tolist():
+            per_row.setdefault(b, []).append(t)
+        for b, ts in per_row.items():
+            pick = torch.randperm(len(ts), generator=self.generator, device=self.device)[: rc.rollout_positions]
+            for i in sorted(pick.tolist()):
+                t = ts[i]
+                rows.append(b)
+                ends.append(t + 1)
+                chars.append(batch.spans[b][t + 1 - batch.prompt_lens[b]][0])
+                items.append(batch.items[b])
+        G, k = rc.samples, rc.rollout_tokens
+        idx = batch.idx[torch.tensor(rows)].repeat_interleave(G, 0).to(self.device)
+        ends_t = torch.tensor(ends).repeat_interleave(G).to(self.device)
+        rollouts = sample_rollouts(self.model, self.init_state, idx, ends_t, k, rc.temperature, self.generator)
+        seq_lp = sequence_logprobs(self.model, self.init_state, idx, ends_t, rollouts, rc.temperature)
+        texts = [self._rollout_text(r) for r in rollouts.cpu().tolist()]
+        N = len(rows)
+        rewards = multistep_reward(self.guide, items, chars, [texts[n * G:(n + 1) * G] for n in range(N)],
+                                   seq_lp.view(N, G).cpu(), k, rc.floor_logprob)
+        adv = advantages(rewards, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
+        loss = pg_loss(seq_lp.view(N, G), adv.to(seq_lp.device)) + l2_penalty(self.state.time_state, pc.l2)
+        return loss, {"reward": float(rewards.mean()), "positions": N * G * k}
+
+    def _rollout_text(self, ids: list[int]) -> str:
+        cut = ids.index(self.tok.eos_id) if self.tok.eos_id in ids else len(ids)
+        return self.tok.decode(ids[:cut])
+
+    # -- optimisation ------------------------------------------------------------------------------------------
+    def train_step(self, items: list[CotItem], step: int, total_steps: int,
+                   allreduce: AllReduce | None = None) -> dict:
+        """One update from ``items``; ``allreduce`` averages the state gradient over data-parallel learners."""
+        t0 = time.perf_counter()
+        batch = self.collate(items)
+        self.opt.zero_grad(set_to_none=True)
+        loss, metrics = self.loss(batch)
+        loss.backward()
+        grad = self.state.time_state.grad
+        if allreduce is not None:
+            grad.copy_(allreduce(grad))
+        torch.nn.utils.clip_grad_norm_(self.state.parameters(), self.cfg.optim.grad_clip)
+        lr = lr_at(step, total_steps, self.cfg.optim)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        metrics.update(loss=float(loss.detach()), lr=lr, tokens=batch.n_tokens, learner_s=time.perf_counter() - t0,
+                       state_norm=float(self.state.time_state.detach().norm()))
+        return metrics
+
+    def checkpoint(self) -> dict:
+        return {"time_state": self.state.time_state.detach().cpu().clone(), "optimizer": self.opt.state_dict(),
+                "baseline": self.baseline.value, "generator": self.generator.get_state()}
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        self.state.time_state.data.copy_(ckpt["time_state"].to(self.device))
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.baseline.value = ckpt["baseline"]
+        self.generator.set_state(ckpt["generator"])

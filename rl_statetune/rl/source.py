@@ -1,0 +1,57 @@
+"""Where the CoT batches come from: task prompts sent to a guide, in a deterministic order.
+
+Batch ``i`` depends only on (seed, i), so a resumed run, or any number of producers, sees the same prompts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rl_statetune_guides import Guide
+
+from rl_statetune.data import Example
+from rl_statetune.rl.config import GuideSection
+from rl_statetune.rl.cot import CotItem, clean_guide_text, guide_prompt, make_items
+from rl_statetune.trainer import BatchOrder
+
+# rewards that need the guide's scores of its own CoT (to reward actions that equal the guide's token)
+NEEDS_COT_SCORES = ("guide_logprob", "reverse_kl")
+
+
+@dataclass
+class GuideStats:
+    seconds: float = 0.0
+    tokens: int = 0        # RWKV tokens of the guide's text: comparable across guides with different tokenizers
+    batches: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+class CotSource:
+    """``batch(i)`` asks the guide for the CoTs of the i-th batch of task prompts."""
+
+    def __init__(self, guide: Guide, examples: list[Example], section: GuideSection, batch_size: int,
+                 seed: int, tokenizer, score: bool = False):
+        if not examples:
+            raise ValueError("no task examples to ask the guide about")
+        self.guide, self.examples, self.section, self.tok, self.score = guide, examples, section, tokenizer, score
+        self.order = BatchOrder(len(examples), min(batch_size, len(examples)), seed)
+        self.stats = GuideStats()
+
+    def examples_for(self, i: int) -> list[Example]:
+        return [self.examples[j] for j in self.order.indices(i)]
+
+    def batch(self, i: int) -> list[CotItem]:
+        exs = self.examples_for(i)
+        prompts = [guide_prompt(e.prompt, self.section) for e in exs]
+        t0 = time.perf_counter()
+        texts = [clean_guide_text(t, self.section)
+                 for t in self.guide.generate(prompts, self.section.max_tokens, self.section.temperature)]
+        scored = self.guide.score(prompts, texts) if self.score else None
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.tokens += sum(len(self.tok.encode(t)) for t in texts)
+        self.stats.batches += 1
+        return make_items(exs, texts, self.section, scored)

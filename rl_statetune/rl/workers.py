@@ -1,0 +1,143 @@
+"""The Ray actor bodies of a distributed RL run: the CoT producer and the data-parallel learners.
+
+Plain classes (usable and testable in-process); ``rl_statetune.rl.distributed`` wraps them with ``ray.remote``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import torch
+
+from rl_statetune.rl.config import RLConfig
+from rl_statetune.rl.learner import GUIDE_SCORED_REWARDS, Learner
+from rl_statetune.rl.source import NEEDS_COT_SCORES, CotSource, GuideStats
+
+
+class CotProducer:
+    """Asks the guide actor(s) for CoT batches and puts them on a bounded queue, ahead of the learners.
+
+    Batch ``i`` goes to guide replica ``i % R``; one thread per replica, so replicas generate concurrently. A
+    full queue blocks the producer (back-pressure); an empty one makes the learners wait (logged).
+    """
+
+    def __init__(self, cfg: dict, guide_handles: list, queue: Any, guide_timeout_s: float | None = None):
+        from rl_statetune_guides.ray_actor import RemoteGuide
+
+        from rl_statetune.data import load_examples
+        from rl_statetune.tokenizer import WorldTokenizer
+
+        self.cfg = RLConfig.model_validate(cfg)
+        train, _ = load_examples(self.cfg.data)
+        tok = WorldTokenizer()
+        score = self.cfg.reward.kind in NEEDS_COT_SCORES
+        self.sources = [CotSource(RemoteGuide(h, guide_timeout_s), train, self.cfg.guide,
+                                  self.cfg.train.prompts_per_step, self.cfg.train.seed, tok, score)
+                        for h in guide_handles]
+        self.queue = queue
+        self.put_wait_s = 0.0
+
+    def run(self, first: int, count: int) -> dict:
+        """Produce batches ``first .. first+count-1``; returns the final stats (raises a guide's error)."""
+        errors: list[Exception] = []
+        R = len(self.sources)
+
+        def work(r: int) -> None:
+            try:
+                for i in range(first + r, first + count, R):
+                    items = self.sources[r].batch(i)
+                    t0 = time.perf_counter()
+                    self.queue.put(items)
+                    self.put_wait_s += time.perf_counter() - t0
+            except Exception as e:  # noqa: BLE001 - surfaced to the driver through run()'s result
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in range(R)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return self.stats()
+
+    def stats(self) -> dict:
+        s = GuideStats()
+        for src in self.sources:
+            s.seconds += src.stats.seconds
+            s.tokens += src.stats.tokens
+            s.batches += src.stats.batches
+        # replicas run concurrently: throughput is the sum of per-replica rates
+        rate = sum(src.stats.tokens_per_s for src in self.sources if src.stats.seconds > 0)
+        return {"guide_tokens": s.tokens, "guide_s": s.seconds, "guide_batches": s.batches,
+                "guide_tokens_per_s": rate if s.seconds > 0 else float("nan"), "producer_put_wait_s": self.put_wait_s}
+
+
+class LearnerWorker:
+    """One data-parallel learner: takes its own CoT batch from the queue, all-reduces the state gradient."""
+
+    def __init__(self, cfg: dict, rank: int, world_size: int, queue: Any, guide_handle: Any = None,
+                 group: str = "rl_learners", backend: str = "gloo", queue_timeout_s: float | None = None):
+        from rl_statetune.tokenizer import WorldTokenizer
+        from rl_statetune.trainer import load_model
+
+        self.cfg = RLConfig.model_validate(cfg)
+        d = self.cfg.distributed
+        torch.set_num_threads(d.torch_threads)
+        torch.manual_seed(self.cfg.train.seed)
+        self.rank, self.world, self.queue, self.group, self.backend = rank, world_size, queue, group, backend
+        self.queue_timeout_s = queue_timeout_s
+        device = "cuda" if d.learner_gpus > 0 else "cpu"
+        m = self.cfg.model
+        model = load_model(m.path, m.dtype, m.wkv_backend).to(device)
+        guide = None
+        if self.cfg.reward.kind in GUIDE_SCORED_REWARDS:
+            from rl_statetune_guides.ray_actor import RemoteGuide
+
+            guide = RemoteGuide(guide_handle, queue_timeout_s)
+        # every learner samples differently; the gradients are averaged, so the states stay identical
+        self.learner = Learner(model, WorldTokenizer(), self.cfg, guide, seed=self.cfg.train.seed + 7919 * rank)
+        self.wait_s = 0.0
+
+    def setup_collective(self) -> int:
+        """Join the all-reduce group; every learner must call this concurrently."""
+        if self.world > 1:
+            from ray.util import collective
+
+            collective.init_collective_group(self.world, self.rank, backend=self.backend, group_name=self.group)
+        return self.rank
+
+    def _allreduce(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return grad
+        from ray.util import collective
+
+        t = grad.contiguous()
+        collective.allreduce(t, group_name=self.group)
+        return t / self.world
+
+    def step(self, step: int, total_steps: int) -> dict:
+        t0 = time.perf_counter()
+        items = self.queue.get(block=True, timeout=self.queue_timeout_s)
+        waited = time.perf_counter() - t0
+        self.wait_s += waited
+        m = self.learner.train_step(items, step, total_steps, allreduce=self._allreduce)
+        return {**m, "wait_s": waited}
+
+    def checkpoint(self) -> dict:
+        return self.learner.checkpoint()
+
+    def generator_state(self) -> torch.Tensor:
+        return self.learner.generator.get_state()
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        """Rank 0's state and optimiser (identical on every rank); this rank's own sampling generator."""
+        gens = ckpt.get("generators")
+        if gens is not None and len(gens) != self.world:
+            raise ValueError(f"checkpoint was written by {len(gens)} learners; this run has {self.world}")
+        self.learner.load_checkpoint({**ckpt, "generator": gens[self.rank] if gens else ckpt["generator"]})
+
+    def state_checksum(self) -> float:
+        return float(self.learner.state.time_state.detach().double().abs().sum())

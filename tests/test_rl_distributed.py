@@ -1,0 +1,153 @@
+"""Ray runs: resource pre-flight, 2 data-parallel learners + guide actor, and `ray job submit` (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rl_statetune.rl.config import RLConfig
+from rl_statetune.rl.distributed import ResourceError, collective_backend, plan_bundles, preflight
+from rl_statetune.rl.guides import resolve_guide_config
+from rl_statetune.state import load_state
+
+ray = pytest.importorskip("ray", reason="Ray is a dev dependency: pip install 'rl-statetune[ray]'")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cfg_for(model: str, out: Path, **over) -> RLConfig:
+    base = {
+        "model": {"path": str(model)},
+        "data": {"train_size": 8, "eval_size": 4},
+        "guide": {"task_rationales": True, "options": {"score_logprob": -1.0}},
+        "reward": {"kind": "reverse_kl", "samples": 2},
+        "train": {"steps": 3, "prompts_per_step": 2, "log_every": 1, "ckpt_every": 3, "out_dir": str(out),
+                  "eval": False},
+        "distributed": {"num_learners": 2, "learner_cpus": 1, "queue_size": 2, "ready_timeout_s": 20},
+    }
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v}
+    return RLConfig.model_validate(base)
+
+
+def test_preflight_names_what_is_missing(tmp_path):
+    cfg = cfg_for("embedded", tmp_path, guide={"num_cpus": 2, "num_gpus": 1, "replicas": 2},
+                  distributed={"num_learners": 4, "learner_gpus": 1})
+    g, lrn = plan_bundles(cfg, resolve_guide_config(cfg.guide, cfg.data, tmp_path))
+    assert g == [{"CPU": 2, "GPU": 1}] * 2 and lrn == [{"CPU": 1, "GPU": 1}] * 4
+    assert collective_backend(cfg) == "nccl"
+    preflight(g + lrn, {"CPU": 8, "GPU": 6})
+    with pytest.raises(ResourceError, match=r"needs 6 GPU \(cluster has 4\)") as e:
+        preflight(g + lrn, {"CPU": 16, "GPU": 4})
+    assert "CPU" not in str(e.value).split("needs")[1].split(":")[0]
+    with pytest.raises(ResourceError, match=r"8 CPU \(cluster has 2\), 6 GPU \(cluster has 0\)"):
+        preflight(g + lrn, {"CPU": 2})
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_two_learners_stay_in_sync_and_match_single_learner_files(local_ray, tiny_world_ckpt, tmp_path):
+    from rl_statetune.rl.distributed import run_distributed
+
+    res = run_distributed(cfg_for(tiny_world_ckpt, tmp_path))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert lines[-1]["tokens"] > 0 and lines[-1]["guide_tokens_per_s"] > 0 and "learner_wait_s" in lines[-1]
+    state = load_state(tmp_path / "state.pth").time_state
+    assert state.abs().sum() > 0                  # the all-reduced gradient moved the state
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 3 and len(ck["generators"]) == 2
+    torch.testing.assert_close(ck["time_state"], state)
+    assert len(res.rewards) == 3
+    # resources come back (asynchronously): the actors were killed and the placement group removed
+    deadline = time.time() + 20
+    while ray.available_resources().get("CPU", 0) < 3 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == pytest.approx(3)
+
+
+def test_unplaceable_run_fails_fast(local_ray, tiny_world_ckpt, tmp_path):
+    from rl_statetune.rl.distributed import run_distributed
+
+    t0 = time.time()
+    with pytest.raises(ResourceError, match=r"needs 5 CPU \(cluster has 3\)"):
+        run_distributed(cfg_for(tiny_world_ckpt, tmp_path, distributed={"num_learners": 5}))
+    assert time.time() - t0 < 30
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(request):
+    from rl_statetune_guides.smollm2 import convert_smollm2
+
+    env = os.environ.get("RL_STATETUNE_SMOLLM2_DIR")
+    return convert_smollm2(Path(env) if env else
+                           request.config.cache.mkdir("rl_statetune_guides") / "smollm2-135m-instruct")
+
+
+@pytest.mark.slow
+def test_smollm2_guide_two_learners_reward_rises(local_ray, smollm2_dir, tmp_path):
+    """Real guide (SmolLM2-135M-Instruct, transformers) in a Ray actor; two learners tune the embedded model.
+
+    A pool of 8 prompts = one global batch: every step rewards the same CoTs, so the match reward must rise.
+    """
+    from rl_statetune.rl.distributed import run_distributed
+
+    cfg = RLConfig.model_validate({
+        "model": {"path": "embedded"},
+        "data": {"train_size": 8, "eval_size": 8},
+        "guide": {"config": str(REPO / "configs/guides/smollm2_transformers.yaml"), "num_cpus": 1,
+                  "options": {"model": str(smollm2_dir), "device": "cpu"}, "max_tokens": 24},
+        "reward": {"kind": "match", "samples": 8},
+        "pg": {"advantage": "batch"},
+        "optim": {"lr": 1.0, "lr_final": 0.1},
+        "train": {"steps": 10, "prompts_per_step": 4, "log_every": 1, "ckpt_every": 10, "out_dir": str(tmp_path),
+                  "eval": False},
+        "distributed": {"num_learners": 2, "queue_size": 2, "guide_timeout_s": 900},
+    })
+    res = run_distributed(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = sum(x["match_argmax"] for x in lines[:3]) / 3
+    last = sum(x["match_argmax"] for x in lines[-3:]) / 3
+    assert last > first + 0.05, [x["match_argmax"] for x in lines]
+    assert sum(res.rewards[-3:]) > sum(res.rewards[:3])
+    assert lines[-1]["guide_tokens_per_s"] > 0 and lines[-1]["learner_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_ray_job_submit(tiny_world_ckpt, tmp_path):
+    """`ray start --head` + `ray job submit --working-dir . -- python -m rl_statetune.rl.distributed` on CPU."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    cfg = cfg_for(tiny_world_ckpt, tmp_path / "out")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    # the head enables token auth (token in ~/.ray/auth_token); the job CLI only reads it in token mode
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "3", "--include-dashboard", "true",
+                    "--dashboard-host", "127.0.0.1"], check=True, env=env, capture_output=True)
+    try:
+        job = subprocess.run(
+            [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(REPO),
+             "--runtime-env", str(REPO / "launch/runtime_env.yaml"), "--",
+             sys.executable, "-m", "launch.submit_entry", "--config", str(tmp_path / "job.yaml")],
+            env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout and "reward" in job.stdout
+        assert (tmp_path / "out" / "state.pth").exists()
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, check=False)
