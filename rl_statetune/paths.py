@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
-EMBEDDED_MODEL = ASSETS / "arith-rwkv7-L4-C64.pth"
+EMBEDDED_MODEL = ASSETS / "arith-rwkv7-L6-C64.pth"
 
 
 def resolve_model_path(path: str | Path) -> Path:

@@ -1,8 +1,9 @@
 """A synthetic corpus of arithmetic word problems with step-by-step solutions in several answer formats.
 
-The embedded model is pretrained on it with the answer format chosen at random per problem, so the frozen model
-solves problems but ends its solution in any of the formats. State tuning then has something real to change:
-make the model use one target format (and keep the arithmetic right), measured on held-out problems.
+The embedded model is pretrained on it with the answer format chosen at random per problem (announced by a header
+line in half of the documents), so the frozen model solves problems but, without a header, ends its solution in
+any of the formats. State tuning then has something real to change: make the model use one target format with no
+header in the prompt (and keep the arithmetic right), measured on held-out problems.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def make_problem(rng: random.Random) -> Problem:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     start = rng.randint(1, 9)
     parts, steps, total = [f"{name} has {start} {item}"], [], start
-    for _ in range(rng.choice([1, 1, 2])):
+    for _ in range(rng.choice([0, 1, 1, 2])):  # 0 steps: pure recall, which teaches copying the counts
         if total > 1 and rng.random() < 0.5:
             n = rng.randint(1, total - 1)
             parts.append(rng.choice(LOSSES).format(n=n))
@@ -54,6 +55,8 @@ def make_problem(rng: random.Random) -> Problem:
             parts.append(rng.choice(GAINS).format(n=n))
             steps.append(f"{total} + {n} = {total + n}.")
             total += n
+    if not steps:
+        steps.append(f"{name} has {start}.")
     body = parts[0] + ", then " + ", then ".join(parts[1:]) if len(parts) > 2 else " and ".join(parts)
     question = f"{body}. How many {item} does {name} have?"
     return Problem(question, tuple(steps), total)
@@ -64,11 +67,22 @@ def problems(n: int, seed: int) -> list[Problem]:
     return [make_problem(rng) for _ in range(n)]
 
 
-def corpus_documents(n: int, seed: int) -> list[str]:
-    """Pretraining documents: a problem and its solution in a uniformly random format."""
+def format_header(fmt: str) -> str:
+    return f"Format: {fmt}\n"
+
+
+def corpus_documents(n: int, seed: int, header_rate: float = 0.5) -> list[str]:
+    """Pretraining documents: a problem and its solution in a uniformly random format. A ``header_rate``
+    share of them announce the format first (``Format: hash``), so the model learns to carry the format
+    through its recurrent state to the end of the solution: what a tuned initial state can then supply."""
     rng = random.Random(seed)
     names = list(FORMATS)
-    return [(p := make_problem(rng)).prompt() + p.solution(rng.choice(names)) for _ in range(n)]
+    docs = []
+    for _ in range(n):
+        p, fmt = make_problem(rng), rng.choice(names)
+        head = format_header(fmt) if rng.random() < header_rate else ""
+        docs.append(head + p.prompt() + p.solution(fmt))
+    return docs
 
 
 def extract_answer(text: str, fmt: str) -> int | None:

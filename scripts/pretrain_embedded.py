@@ -1,6 +1,6 @@
-"""Pretrain the small embedded RWKV-7 on the synthetic word-problem corpus (reproducible; CPU, ~20 min).
+"""Pretrain the small embedded RWKV-7 on the synthetic word-problem corpus (reproducible; CPU, ~20-40 min).
 
-    python scripts/pretrain_embedded.py --out rl_statetune/assets/arith-rwkv7-L4-C64.pth
+    python scripts/pretrain_embedded.py --out rl_statetune/assets/arith-rwkv7-L6-C64.pth
 
 The result is a BlinkDL-format bf16 checkpoint (< 20 MB: the 65536-token world vocabulary dominates) that the
 quickstart tunes. Every document starts from the zero state, as prompts do at inference. The corpus uses ~150
@@ -24,7 +24,7 @@ from rl_statetune.model import RWKV7Config
 from rl_statetune.synthetic import corpus_documents
 from rl_statetune.tokenizer import WorldTokenizer
 
-EMBEDDED_CONFIG = RWKV7Config(vocab_size=65536, n_embd=64, n_layer=4, head_size=32,
+EMBEDDED_CONFIG = RWKV7Config(vocab_size=65536, n_embd=64, n_layer=6, head_size=32,
                               dim_w=16, dim_a=16, dim_v=8, dim_g=32, dim_ffn=256)
 
 
