@@ -67,6 +67,9 @@ class TransformersOptions(_LocalModelOptions):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     batch_size: Annotated[int, Field(ge=1)] = 8
     seed: int | None = Field(None, description="Seeds sampling per call without touching the global RNG.")
+    num_threads: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="torch.set_num_threads on load (process-wide: for a guide in its own actor/process)."
+    )
 
 
 class VLLMOptions(_LocalModelOptions):

