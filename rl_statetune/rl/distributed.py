@@ -238,7 +238,7 @@ def run_distributed(cfg: RLConfig, resume: bool = False) -> RLResult:
         metrics.close()
         run.close()
     save_final_state(out, cfg, time_state, model.config, steps)
-    first, last = window_means(rewards, cfg.train.log_every)
+    first, last = window_means(rewards, max(3, cfg.train.log_every))
     res = RLResult(str(out), steps, first, last, rewards, acc_before, heldout(model, tok, held, cfg, time_state),
                    guide_stats["guide_tokens_per_s"], tokens / max(learner_s, 1e-9), wait_s, time.time() - t_start)
     res.save(out)

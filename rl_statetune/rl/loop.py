@@ -89,7 +89,7 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
         if own_guide:
             guide.close()
     save_final_state(out, cfg, learner.state.time_state, model.config, steps)
-    first, last = window_means(rewards, cfg.train.log_every)
+    first, last = window_means(rewards, max(3, cfg.train.log_every))
     res = RLResult(str(out), steps, first, last, rewards, acc_before,
                    heldout(model, tok, held, cfg, learner.state.time_state),
                    source.stats.tokens_per_s, tokens / max(learner_s, 1e-9), wait_s, time.time() - t_start)

@@ -26,8 +26,8 @@ CHECKPOINT = "checkpoint.pt"
 class RLResult:
     out_dir: str
     steps: int
-    reward_first: float            # mean reward of the first logged window
-    reward_last: float             # mean reward of the last logged window
+    reward_first: float            # mean reward of the first steps (max(3, log_every), at most half the run)
+    reward_last: float             # mean reward of as many last steps
     rewards: list[float] = field(default_factory=list)   # per step
     acc_before: float = float("nan")
     acc_after: float = float("nan")
@@ -48,7 +48,7 @@ def window_means(rewards: list[float], window: int) -> tuple[float, float]:
 
 class MetricsLog:
     def __init__(self, path: Path):
-        self.f = open(path, "a")
+        self.f = open(path, "a")  # noqa: SIM115 - held for the run, closed by close()
 
     def write(self, rec: dict) -> None:
         self.f.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()}) + "\n")
