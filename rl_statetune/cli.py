@@ -1,4 +1,4 @@
-"""``rl-statetune`` command line: tune, generate, eval."""
+"""``rl-statetune`` command line: tune, generate, eval, rl, init-support."""
 
 from __future__ import annotations
 
@@ -58,10 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=_generate)
 
     from rl_statetune.eval.cli import add_eval_args, eval_main
+    from rl_statetune.rl.cli import add_rl_args, rl_main
+    from rl_statetune.support import add_init_support_args, init_support_main
 
     e = sub.add_parser("eval", help="MMLU / GSM8K / WinoGrande / ARC-C, base model vs tuned states")
     add_eval_args(e)
     e.set_defaults(fn=eval_main)
+
+    r = sub.add_parser("rl", help="guide-driven RL state tuning (on Ray unless --single-process)")
+    add_rl_args(r)
+    r.set_defaults(fn=rl_main)
+
+    s = sub.add_parser("init-support", help="choose kernel support vectors on task data (upscaled state)")
+    add_init_support_args(s)
+    s.set_defaults(fn=init_support_main)
     return ap
 
 
