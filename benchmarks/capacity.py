@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rl_statetune.config import OptimConfig
 from rl_statetune.model import RWKV7
 from rl_statetune.state import TimeState
-from rl_statetune.upscale import UpscaledState, build_upscaled_state, dbp_step, param_groups
+from rl_statetune.upscale import UpscaledState, dbp_step, param_groups
 from rl_statetune.trainer import load_model, lr_at
 
 KEY_POOL, VALUE_POOL = 400, 32  # key pool: random model only

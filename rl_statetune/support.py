@@ -38,9 +38,12 @@ def collect_directions(model: RWKV7, tokenizer, texts: list[str], batch_size: in
     found: list[list[torch.Tensor]] = [[] for _ in range(cfg.n_layer)]
     captured: dict = {}
     hooks = []
+    def keep(name, i):
+        return lambda module, inputs, out: captured.__setitem__((name, i), out)
+
     for i, blk in enumerate(model.blocks):
-        hooks.append(blk.att.receptance.register_forward_hook(lambda m, inp, out, i=i: captured.__setitem__(("r", i), out)))
-        hooks.append(blk.att.key.register_forward_hook(lambda m, inp, out, i=i: captured.__setitem__(("k", i), out)))
+        hooks.append(blk.att.receptance.register_forward_hook(keep("r", i)))
+        hooks.append(blk.att.key.register_forward_hook(keep("k", i)))
     try:
         for s in range(0, len(texts), batch_size):
             ids = [tokenizer.encode(t)[:max_len] for t in texts[s: s + batch_size]]
@@ -62,7 +65,8 @@ def collect_directions(model: RWKV7, tokenizer, texts: list[str], batch_size: in
     return [torch.cat(f[0::2] + f[1::2]) for f in found]
 
 
-def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 30, generator: torch.Generator | None = None) -> torch.Tensor:
+def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 30,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Cluster unit vectors x [n, N] by cosine similarity; k-means++ seeding. Returns unit centres [k, N].
 
     With fewer distinct points than k the remaining centres are random unit vectors."""
@@ -98,10 +102,11 @@ def principal_directions(x: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def random_orthonormal(d: int, N: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(N, max(d, 1), generator=generator, dtype=torch.float64))
+    """[d, N] with orthonormal rows."""
     if d > N:
         raise ValueError(f"a Taylor projection to d={d} needs d <= head size {N}")
-    return q[:, :d].T.float()
+    q, _ = torch.linalg.qr(torch.randn(N, d, generator=generator, dtype=torch.float64))
+    return q.T.float()
 
 
 def build_feature_maps(kind: str, features: int, cfg: RWKV7Config, support: str = "kmeans",
