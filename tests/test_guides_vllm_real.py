@@ -6,26 +6,21 @@ Engine start-up alone is about 130 s on 2 CPU cores.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from rl_statetune_guides import build_guide
-from rl_statetune_guides.smollm2 import convert_smollm2
 
 PROMPTS = ["What is 2+3?", "Name a primary colour."]
 CONTINUATIONS = ["2 + 3 = 5.", " Red, then 日本語 🙂 ok\n\n  done"]
 
 
 @pytest.mark.slow
-def test_vllm_engine_matches_transformers(request: pytest.FixtureRequest) -> None:
+def test_vllm_engine_matches_transformers(smollm2_dir: Path) -> None:
     pytest.importorskip("vllm", reason="vllm is not installed (optional extra)")
-    env = os.environ.get("RL_STATETUNE_SMOLLM2_DIR")
-    model = convert_smollm2(
-        Path(env) if env else request.config.cache.mkdir("rl_statetune_guides") / "smollm2-135m-instruct"
-    )
+    model = smollm2_dir
     vllm_guide = build_guide(
         {
             "backend": "vllm",

@@ -90,15 +90,6 @@ def test_unplaceable_run_fails_fast(local_ray, tiny_world_ckpt, tmp_path):
     assert time.time() - t0 < 30
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir(request):
-    from rl_statetune_guides.smollm2 import convert_smollm2
-
-    env = os.environ.get("RL_STATETUNE_SMOLLM2_DIR")
-    return convert_smollm2(Path(env) if env else
-                           request.config.cache.mkdir("rl_statetune_guides") / "smollm2-135m-instruct")
-
-
 @pytest.mark.slow
 def test_smollm2_guide_two_learners_reward_rises(local_ray, smollm2_dir, tmp_path):
     """configs/rl_cpu_demo.yaml: SmolLM2-135M-Instruct (transformers) in a guide actor, two learners tune the
