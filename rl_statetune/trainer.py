@@ -171,7 +171,7 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
         opt.step()
         decor = dbp_step(state, cfg.dbp.eta, cfg.dbp.kappa) if cfg.dbp.enabled else None
         loss_val = loss_sum
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
+        if (step + 1) % cfg.train.log_every == 0 or step + 1 in (1, steps):
             rate = tokens / max(time.time() - t0, 1e-9)
             rec = {"step": step + 1, "loss": round(loss_val, 5), "lr": lr, "tokens_per_s": round(rate, 1),
                    "state_norm": round(state.time_state.norm().item(), 4)}
