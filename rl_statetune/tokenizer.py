@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 VOCAB_NAME = "rwkv_vocab_v20230424.txt"
@@ -18,16 +19,22 @@ def default_vocab_path() -> Path:
     return path
 
 
+@lru_cache(maxsize=4)
+def _trie(path: str):
+    """Building the 65536-entry trie takes ~2 s; every tokenizer on the same vocabulary shares one."""
+    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+
+    return TRIE_TOKENIZER(path)
+
+
 class WorldTokenizer:
     """Greedy longest-match byte tokenizer (65536 tokens; id 0 is end of text)."""
 
     eos_id = 0
 
     def __init__(self, vocab_path: str | Path | None = None):
-        from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
-
         self.vocab_path = Path(vocab_path) if vocab_path else default_vocab_path()
-        self._trie = TRIE_TOKENIZER(str(self.vocab_path))
+        self._trie = _trie(str(self.vocab_path.resolve()))
         self.vocab_size = max(self._trie.idx2token) + 1  # ids used by the vocabulary (models pad to 65536)
 
     def encode(self, text: str) -> list[int]:
