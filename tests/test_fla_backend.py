@@ -13,27 +13,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"    # before triton is imported: see tests/test_triton_wkv.py
 
+from wkv_inputs import NAMES, make_inputs, rel_err  # noqa: E402
+
 from rl_statetune.wkv import wkv7_naive  # noqa: E402
 from rl_statetune_kernels import fla_backend, wkv7_fla  # noqa: E402
-
-NAMES = ("r", "logw", "k", "v", "a", "b", "s0")
-
-
-def make_inputs(seed: int, B: int, T: int, H: int, K: int, V: int, n_states: int | None = None):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    logw = -0.606531 * torch.sigmoid(rnd(B, T, H, K))
-    kk = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1)
-    s0 = 0.5 * rnd(n_states if n_states is not None else B, H, V, K)
-    return [rnd(B, T, H, K), logw, rnd(B, T, H, K), rnd(B, T, H, V), -kk, kk * torch.sigmoid(rnd(B, T, H, K)), s0]
-
-
-def rel_err(x, ref):
-    return ((x.detach().double().cpu() - ref.detach().cpu()).norm() / ref.detach().cpu().norm()).item()
-
 
 def fake_chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
                      head_first=False):

@@ -29,6 +29,8 @@ if DEVICE == "cpu" and not isinstance(tl.sum, InterpretedFunction):
                        "compiled-only and the kernels cannot run on CPU; set TRITON_INTERPRET=1 in tests/conftest.py "
                        "or in the environment")
 
+from wkv_inputs import NAMES, make_inputs, rel_err  # noqa: E402
+
 from rl_statetune.wkv import wkv7, wkv7_naive  # noqa: E402
 
 
@@ -41,27 +43,6 @@ def _load_kernels():
 
 
 kernels = _load_kernels()
-NAMES = ("r", "logw", "k", "v", "a", "b", "s0")
-
-
-def make_inputs(seed: int, B: int, T: int, H: int, K: int, V: int, n_states: int | None = None):
-    """RWKV-7-like float64 inputs: decays in (0.545, 1), a = -kk, b = kk * sigmoid(.), unit-norm kk."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    logw = -0.606531 * torch.sigmoid(rnd(B, T, H, K))
-    kk = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1)
-    a_coef = torch.sigmoid(rnd(B, T, H, K))
-    s0 = 0.5 * rnd(n_states if n_states is not None else B, H, V, K)
-    return [rnd(B, T, H, K), logw, rnd(B, T, H, K), rnd(B, T, H, V), -kk, kk * a_coef, s0]
-
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((x.detach().double().cpu() - ref.detach().cpu()).norm() / ref.detach().cpu().norm().clamp_min(1e-30)).item()
-
-
 def reference(inputs, dy, ds, use_y=True, use_s=True):
     """float64 naive outputs and gradients of <y, dy> + <sT, ds>."""
     xs = [x.clone().requires_grad_() for x in inputs]

@@ -5,23 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wkv_inputs import make_inputs
+
 from rl_statetune.wkv import wkv7, wkv7_chunked, wkv7_naive
-
-
-def make_inputs(B, T, H, K, V, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    rn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    kk = torch.nn.functional.normalize(rn(B, T, H, K), dim=-1)
-    coef = torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
-    xs = [rn(B, T, H, K), -0.606531 * torch.rand(B, T, H, K, generator=g, dtype=torch.float64),
-          rn(B, T, H, K) * 0.5, rn(B, T, H, V), -kk, kk * coef, rn(B, H, V, K)]
-    return [x.to(dtype) for x in xs]
 
 
 @pytest.mark.parametrize("T,chunk", [(1, 32), (37, 32), (64, 16), (50, 8)])
 @pytest.mark.parametrize("K,V", [(16, 16), (24, 8)])
 def test_chunked_matches_naive_float64(T, chunk, K, V):
-    xs = [x.requires_grad_() for x in make_inputs(2, T, 3, K, V, torch.float64, seed=T * 100 + K)]
+    xs = [x.requires_grad_() for x in make_inputs(T * 100 + K, 2, T, 3, K, V)]
     y1, s1 = wkv7_naive(*xs)
     g1 = torch.autograd.grad((y1 * y1.detach().cos()).sum() + (s1 ** 2).sum(), xs)
     y2, s2 = wkv7_chunked(*xs, chunk_size=chunk)
@@ -33,7 +25,7 @@ def test_chunked_matches_naive_float64(T, chunk, K, V):
 
 
 def test_chunked_float32_close_to_float64():
-    xs = make_inputs(2, 100, 2, 32, 32, torch.float64, seed=7)
+    xs = make_inputs(7, 2, 100, 2, 32, 32)
     y1, s1 = wkv7_naive(*xs)
     y2, s2 = wkv7_chunked(*[x.float() for x in xs])
     assert ((y2.double() - y1).norm() / y1.norm()).item() < 1e-5
@@ -41,14 +33,14 @@ def test_chunked_float32_close_to_float64():
 
 
 def test_lengths_stop_the_state():
-    xs = make_inputs(2, 20, 2, 8, 8, torch.float64, seed=3)
+    xs = make_inputs(3, 2, 20, 2, 8, 8)
     _, s = wkv7(*xs, lengths=torch.tensor([20, 13]), backend="torch")
     _, s13 = wkv7_naive(*[x[1:2, :13] for x in xs[:6]], xs[6][1:2])
     torch.testing.assert_close(s[1:2], s13)
 
 
 def test_shape_errors_are_clear():
-    xs = make_inputs(1, 4, 2, 8, 8, torch.float32, seed=0)
+    xs = make_inputs(0, 1, 4, 2, 8, 8, dtype=torch.float32)
     with pytest.raises(ValueError, match="state has shape"):
         wkv7(*xs[:6], s0=torch.zeros(1, 2, 8, 9))
     with pytest.raises(ValueError, match="logw has shape"):
