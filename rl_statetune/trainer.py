@@ -139,10 +139,7 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         if saved["config"] != cfg.model_dump(mode="json"):
             raise ValueError(f"--resume: {ckpt} was written with a different configuration")
-        if "tunable" in saved:
-            state.load_state_dict(saved["tunable"])
-        else:
-            state.time_state.data.copy_(saved["time_state"])
+        state.load_state_dict(saved["tunable"])
         opt.load_state_dict(saved["optimizer"])
         start, acc_before = saved["step"], saved["acc_before"]
         log.info("resumed from %s at step %d", ckpt, start)
@@ -184,7 +181,7 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
             bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.3g}", tok_s=f"{rate:,.0f}")
             log.info("step %d loss %.4f lr %.4g tokens/s %.0f", step + 1, loss_val, lr, rate)
         if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == steps:
-            _atomic_save({"step": step + 1, "time_state": state.time_state.detach().clone(),
+            _atomic_save({"step": step + 1,
                           "tunable": {k: v.detach().clone() for k, v in state.state_dict().items()},
                           "optimizer": opt.state_dict(), "config": cfg.model_dump(mode="json"),
                           "acc_before": acc_before}, ckpt)
