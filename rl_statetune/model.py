@@ -265,9 +265,6 @@ class RWKV7(nn.Module):
         return self.ln_out(x), RecurrentState(torch.stack(att_x), torch.stack(wkv).to(self.state_dtype),
                                               torch.stack(ffn_x), new_lifted, state.lift)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def with_backend(model: RWKV7, backend: str) -> RWKV7:
     """Select the WKV backend ("auto", "torch", "naive", "triton", "fla") for this model instance."""

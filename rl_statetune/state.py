@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -146,7 +146,3 @@ def load_state(path: str | Path) -> StateFile:
     time_state = torch.stack([layers[i].float() for i in range(len(layers))])
     extras = {k: t for k, t in tensors.items() if not _KEY_RE.fullmatch(k)}
     return StateFile(time_state, metadata, extras)
-
-
-def describe_model(cfg: RWKV7Config) -> dict:
-    return asdict(cfg)
