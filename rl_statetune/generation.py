@@ -1,53 +1,73 @@
-"""Batched decoding: one parallel prefill of the (right-padded) prompts, then one token per step."""
+"""Batched decoding for a recurrent LM: one prefill over right-padded prompts, then one token per step.
+
+A row stops at end-of-text, when its decoded output contains a stop string, or after ``max_new_tokens``; the
+returned text is cut before the earliest stop string (as lm-evaluation-harness's ``generate_until``). Prompts
+are batched longest first, and finished rows leave the batch when the state supports ``select``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
+from tqdm.auto import tqdm
 
-from rl_statetune.model import RecurrentState
+from rl_statetune.eval.api import can_select, check_logits, initial_state, model_device, pad_right
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, init_state=None,
-             stop: tuple[str, ...] = ("\n",), temperature: float = 0.0, top_p: float = 1.0,
-             generator: torch.Generator | None = None) -> list[str]:
-    """Complete each prompt. ``init_state(batch_size) -> RecurrentState | None`` supplies a tuned state.
+@torch.inference_mode()
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 64, *,
+             init_state: Callable[[int], Any] | None = None, stop: Sequence[str] = ("\n",),
+             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+             batch_size: int = 32, progress: bool = False, desc: str = "generate") -> list[str]:
+    """Complete each prompt (the prompt is not included). ``init_state(batch_size)`` supplies a tuned state.
+    Greedy when ``temperature`` == 0, nucleus sampling otherwise."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(model)
+    encoded = [list(tokenizer.encode(p)) or [tokenizer.eos_id] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    outputs: list[str] = [""] * len(prompts)
 
-    Greedy when temperature == 0. A row stops at end-of-text, at any ``stop`` string (which is cut from the
-    text), or after ``max_new_tokens``.
-    """
-    if not prompts:
-        return []
-    ids = [tokenizer.encode(p) for p in prompts]
-    if any(len(x) == 0 for x in ids):
-        raise ValueError("every prompt must contain at least one token")
-    B = len(ids)
-    idx = torch.zeros(B, max(map(len, ids)), dtype=torch.long)
-    for r, x in enumerate(ids):
-        idx[r, : len(x)] = torch.tensor(x)
-    lengths = torch.tensor([len(x) for x in ids])
-    state: RecurrentState | None = init_state(B) if init_state else None
-    logits, state = model(idx, state, lengths=lengths)
-    last = logits[torch.arange(B), lengths - 1]
-    out: list[list[int]] = [[] for _ in range(B)]
-    texts = [""] * B
-    done = torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        nxt = sample(last, temperature, top_p, generator)
-        for r in torch.nonzero(~done).flatten().tolist():
-            t = int(nxt[r])
-            if t == tokenizer.eos_id:
-                done[r] = True
-                continue
-            out[r].append(t)
-            texts[r] = tokenizer.decode(out[r])
-            if any(s in texts[r] for s in stop):
-                done[r] = True
-        if bool(done.all()):
-            break
-        logits, state = model(nxt[:, None], state)
-        last = logits[:, -1]
-    return [_cut(t, stop) for t in texts]
+    def step(logits_last: torch.Tensor) -> torch.Tensor:
+        return sample(logits_last, temperature, top_p, generator)
+
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = order[start:start + batch_size]
+        idx, lengths = pad_right([encoded[i] for i in batch], 0, device)
+        logits, state = model(idx, initial_state(init_state, len(batch)), lengths=lengths)
+        check_logits(logits, idx)
+        nxt = step(logits[torch.arange(len(batch), device=logits.device), lengths.to(logits.device) - 1])
+        generated: list[list[int]] = [[] for _ in batch]
+        texts = [""] * len(batch)
+        done = [False] * len(batch)
+        rows = list(range(len(batch)))  # batch position of each row still in `state`
+        for t in range(max_new_tokens):
+            for r, b in enumerate(rows):
+                if done[b]:
+                    continue
+                tok = int(nxt[r])
+                if tok == tokenizer.eos_id:
+                    done[b] = True
+                    continue
+                generated[b].append(tok)
+                texts[b] = tokenizer.decode(generated[b])
+                done[b] = any(s and s in texts[b] for s in stop)
+            if all(done) or t == max_new_tokens - 1:
+                break
+            keep = [r for r, b in enumerate(rows) if not done[b]]
+            if len(keep) < len(rows) and can_select(state):
+                state, nxt = state.select(keep), nxt[torch.as_tensor(keep, device=nxt.device)]
+                rows = [rows[r] for r in keep]
+            logits, state = model(nxt.unsqueeze(1), state)
+            check_logits(logits, nxt.unsqueeze(1))
+            nxt = step(logits[:, -1])
+        for b, i in enumerate(batch):
+            outputs[i] = truncate_at_stop(texts[b], stop)
+    return outputs
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
@@ -63,6 +83,7 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _cut(text: str, stop: tuple[str, ...]) -> str:
-    cut = min((text.find(s) for s in stop if s in text), default=len(text))
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to (excluding) the earliest occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
     return text[:cut]

@@ -58,16 +58,14 @@ def held_out_accuracy(model, tokenizer, examples: list[Example], tunable=None, t
     exact match of the target's first line."""
     if not examples:
         return float("nan")
-    init = initial_state_fn(model, tunable)
+    outs = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens,
+                    init_state=initial_state_fn(model, tunable), batch_size=batch_size)
     correct = 0
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i: i + batch_size]
-        outs = generate(model, tokenizer, [e.prompt for e in chunk], max_new_tokens, init_state=init)
-        for e, o in zip(chunk, outs):
-            if target_format is not None:
-                correct += extract_answer(o, target_format) == int(e.answer)
-            else:
-                correct += o.strip() == e.target.strip().split("\n")[0]
+    for e, o in zip(examples, outs):
+        if target_format is not None:
+            correct += extract_answer(o, target_format) == int(e.answer)
+        else:
+            correct += o.strip() == e.target.strip().split("\n")[0]
     return correct / len(examples)
 
 
