@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .plan import WKVPlan, check_runnable
-from .wkv7_fwd import seq_bounds
+from .wkv7_fwd import load_token, seq_bounds, wkv_step
 
 
 @triton.jit(do_not_specialize=["T", "TOTAL_T"])
@@ -66,26 +66,19 @@ def _wkv7_bwd_kernel(r, logw, k, v, a, b, ckpt, dy, dsT, ds0, dr, dlogw, dk, dv,
             a_t = tl.load(a + p_k, mask=m_k, other=0.).to(tl.float32)
             b_t = tl.load(b + p_k, mask=m_k, other=0.).to(tl.float32)
             v_t = tl.load(v + (t * H + i_h) * V + o_v, mask=m_v, other=0.).to(tl.float32)
-            sa = tl.sum(S * a_t[None, :], axis=1)
-            S = S * w_t[None, :] + sa[:, None] * b_t[None, :] + v_t[:, None] * k_t[None, :]
+            S, _ = wkv_step(S, w_t, k_t, a_t, b_t, v_t)
         tl.debug_barrier()
         # Walk the chunk backwards.
         for jj in range(0, t1 - t0):
             t = t1 - 1 - jj
             p_k = (t * H + i_h) * K + o_k
             p_v = (t * H + i_h) * V + o_v
-            r_t = tl.load(r + p_k, mask=m_k, other=0.).to(tl.float32)
-            w_t = tl.exp(tl.load(logw + p_k, mask=m_k, other=0.).to(tl.float32))
-            k_t = tl.load(k + p_k, mask=m_k, other=0.).to(tl.float32)
-            a_t = tl.load(a + p_k, mask=m_k, other=0.).to(tl.float32)
-            b_t = tl.load(b + p_k, mask=m_k, other=0.).to(tl.float32)
-            v_t = tl.load(v + p_v, mask=m_v, other=0.).to(tl.float32)
+            r_t, w_t, k_t, a_t, b_t, v_t = load_token(r, logw, k, v, a, b, p_k, p_v, m_k, m_v)
             S_prev = tl.load(slab + (t - t0) * BV * BK + o_tile)
-            sa = tl.sum(S_prev * a_t[None, :], axis=1)
+            S_t, sa = wkv_step(S_prev, w_t, k_t, a_t, b_t, v_t)
 
             if HAS_DY:
                 dy_t = tl.load(dy + p_v, mask=m_v, other=0.).to(tl.float32)
-                S_t = S_prev * w_t[None, :] + sa[:, None] * b_t[None, :] + v_t[:, None] * k_t[None, :]
                 D += dy_t[:, None] * r_t[None, :]
                 dr_t = tl.sum(S_t * dy_t[:, None], axis=0)
             else:

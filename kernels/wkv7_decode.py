@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from .plan import check_runnable
+from .wkv7_fwd import load_token, wkv_step
 
 
 @triton.jit
@@ -23,15 +24,8 @@ def _wkv7_decode_kernel(r, logw, k, v, a, b, s_in, s_out, y, H: tl.constexpr, K:
     p_v = i_bh.to(tl.int64) * V + o_v
 
     S = tl.load(s_in + p_s, mask=m_s, other=0.).to(tl.float32)
-    r_t = tl.load(r + p_k, mask=m_k, other=0.).to(tl.float32)
-    w_t = tl.exp(tl.load(logw + p_k, mask=m_k, other=0.).to(tl.float32))
-    k_t = tl.load(k + p_k, mask=m_k, other=0.).to(tl.float32)
-    a_t = tl.load(a + p_k, mask=m_k, other=0.).to(tl.float32)
-    b_t = tl.load(b + p_k, mask=m_k, other=0.).to(tl.float32)
-    v_t = tl.load(v + p_v, mask=m_v, other=0.).to(tl.float32)
-
-    sa = tl.sum(S * a_t[None, :], axis=1)
-    S = S * w_t[None, :] + sa[:, None] * b_t[None, :] + v_t[:, None] * k_t[None, :]
+    r_t, w_t, k_t, a_t, b_t, v_t = load_token(r, logw, k, v, a, b, p_k, p_v, m_k, m_v)
+    S, _ = wkv_step(S, w_t, k_t, a_t, b_t, v_t)
     tl.store(y + p_v, tl.sum(S * r_t[None, :], axis=1).to(y.dtype.element_ty), mask=m_v)
     tl.store(s_out + p_s, S.to(s_out.dtype.element_ty), mask=m_s)
 

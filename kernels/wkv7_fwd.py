@@ -29,6 +29,25 @@ def seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK: tl.constexpr, IS_VARLEN
     return bos, eos, c0
 
 
+@triton.jit
+def load_token(r, logw, k, v, a, b, p_k, p_v, m_k, m_v):
+    """One token's inputs in float32: (r, w = exp(logw), k, a, b) at key offsets ``p_k``, v at ``p_v``."""
+    r_t = tl.load(r + p_k, mask=m_k, other=0.).to(tl.float32)
+    w_t = tl.exp(tl.load(logw + p_k, mask=m_k, other=0.).to(tl.float32))
+    k_t = tl.load(k + p_k, mask=m_k, other=0.).to(tl.float32)
+    a_t = tl.load(a + p_k, mask=m_k, other=0.).to(tl.float32)
+    b_t = tl.load(b + p_k, mask=m_k, other=0.).to(tl.float32)
+    v_t = tl.load(v + p_v, mask=m_v, other=0.).to(tl.float32)
+    return r_t, w_t, k_t, a_t, b_t, v_t
+
+
+@triton.jit
+def wkv_step(S, w_t, k_t, a_t, b_t, v_t):
+    """S_{t-1} -> S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T, and S_{t-1} a_t (the backward needs it)."""
+    sa = tl.sum(S * a_t[None, :], axis=1)
+    return S * w_t[None, :] + sa[:, None] * b_t[None, :] + v_t[:, None] * k_t[None, :], sa
+
+
 @triton.jit(do_not_specialize=["T"])
 def _wkv7_fwd_kernel(r, logw, k, v, a, b, s0, y, sT, ckpt, cu_seqlens, chunk_offsets, T,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -58,15 +77,8 @@ def _wkv7_fwd_kernel(r, logw, k, v, a, b, s0, y, sT, ckpt, cu_seqlens, chunk_off
                 tl.store(ckpt + (i_c * H + i_h) * V * K + o_s, S, mask=m_s)
         p_k = (t * H + i_h) * K + o_k
         p_v = (t * H + i_h) * V + o_v
-        r_t = tl.load(r + p_k, mask=m_k, other=0.).to(tl.float32)
-        w_t = tl.exp(tl.load(logw + p_k, mask=m_k, other=0.).to(tl.float32))
-        k_t = tl.load(k + p_k, mask=m_k, other=0.).to(tl.float32)
-        a_t = tl.load(a + p_k, mask=m_k, other=0.).to(tl.float32)
-        b_t = tl.load(b + p_k, mask=m_k, other=0.).to(tl.float32)
-        v_t = tl.load(v + p_v, mask=m_v, other=0.).to(tl.float32)
-
-        sa = tl.sum(S * a_t[None, :], axis=1)                  # S_{t-1} a_t            [BV]
-        S = S * w_t[None, :] + sa[:, None] * b_t[None, :] + v_t[:, None] * k_t[None, :]
+        r_t, w_t, k_t, a_t, b_t, v_t = load_token(r, logw, k, v, a, b, p_k, p_v, m_k, m_v)
+        S, _ = wkv_step(S, w_t, k_t, a_t, b_t, v_t)
         y_t = tl.sum(S * r_t[None, :], axis=1)                 # S_t r_t                [BV]
         tl.store(y + p_v, y_t.to(y.dtype.element_ty), mask=m_v)
 
