@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from rl_statetune.atomic import atomic_torch_save
 from rl_statetune.model import RWKV7Config
 
 
@@ -183,7 +184,7 @@ def save_blinkdl(model, path: str | Path, dtype: torch.dtype = torch.bfloat16) -
     sd["blocks.0.att.v0"] = torch.zeros(1, 1, C, dtype=dtype)
     sd["blocks.0.att.v1"] = torch.zeros(C, max(model.config.dim_v, 1), dtype=dtype)
     sd["blocks.0.att.v2"] = torch.zeros(max(model.config.dim_v, 1), C, dtype=dtype)
-    _atomic_torch_save(sd, Path(path))
+    atomic_torch_save(sd, path)
 
 
 def save_fla_folder(model, folder: str | Path) -> None:
@@ -200,10 +201,3 @@ def save_fla_folder(model, folder: str | Path) -> None:
             "decay_low_rank_dim": cfg.dim_w, "a_low_rank_dim": cfg.dim_a, "v_low_rank_dim": cfg.dim_v,
             "gate_low_rank_dim": cfg.dim_g, "intermediate_size": cfg.dim_ffn, "norm_eps": 1e-5}
     (folder / "config.json").write_text(json.dumps(conf, indent=2))
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rl_statetune.atomic import atomic_torch_save, atomic_write
 from rl_statetune.model import RWKV7, RWKV7Config, RecurrentState
 
 KEY = "blocks.{i}.att.time_state"
@@ -103,19 +103,14 @@ def save_state(path: str | Path, time_state: torch.Tensor, metadata: dict | None
         if k in tensors:
             raise ValueError(f"extra tensor name {k!r} collides with a state key")
         tensors[k] = v.detach().contiguous().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
         meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-        save_file(tensors, str(tmp), metadata=meta)
-    elif path.suffix in (".pth", ".pt"):
-        torch.save(tensors, tmp)
-    else:
-        raise ValueError(f"state file {path} must end in .pth, .pt or .safetensors")
-    tmp.replace(path)
-    return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    if path.suffix in (".pth", ".pt"):
+        return atomic_torch_save(tensors, path)
+    raise ValueError(f"state file {path} must end in .pth, .pt or .safetensors")
 
 
 def load_state(path: str | Path) -> StateFile:

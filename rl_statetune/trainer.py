@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rl_statetune.atomic import atomic_torch_save
 from rl_statetune.config import OptimConfig, TuneConfig
 from rl_statetune.data import Batch, Example, collate, load_examples
 from rl_statetune.generation import generate
@@ -111,12 +111,6 @@ class BatchOrder:
         return perm[j * self.bs: (j + 1) * self.bs].tolist()
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate: bool = True) -> TuneResult:
     t_start = time.time()
     torch.manual_seed(cfg.train.seed)
@@ -179,7 +173,7 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
             bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.3g}", tok_s=f"{rate:,.0f}")
             log.info("step %d loss %.4f lr %.4g tokens/s %.0f", step + 1, loss_val, lr, rate)
         if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == steps:
-            _atomic_save({"step": step + 1,
+            atomic_torch_save({"step": step + 1,
                           "tunable": {k: v.detach().clone() for k, v in state.state_dict().items()},
                           "optimizer": opt.state_dict(), "config": cfg.model_dump(mode="json"),
                           "acc_before": acc_before}, ckpt)

@@ -17,7 +17,8 @@ import torch
 from rl_statetune.paths import resolve_model_path
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.state import TimeState, model_fingerprint, save_state
-from rl_statetune.trainer import _atomic_save, held_out_accuracy
+from rl_statetune.atomic import atomic_torch_save
+from rl_statetune.trainer import held_out_accuracy
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -59,7 +60,7 @@ class MetricsLog:
 
 
 def save_checkpoint(out: Path, cfg: RLConfig, step: int, learner_ckpt: dict, extra: dict) -> None:
-    _atomic_save({"step": step, "config": cfg.model_dump(mode="json"), **learner_ckpt, **extra}, out / CHECKPOINT)
+    atomic_torch_save({"step": step, "config": cfg.model_dump(mode="json"), **learner_ckpt, **extra}, out / CHECKPOINT)
 
 
 def load_checkpoint(out: Path, cfg: RLConfig) -> dict:
