@@ -74,10 +74,6 @@ class RecurrentState:
         rows = torch.as_tensor(rows, device=self.wkv.device)
         return self._with(lambda t: t[:, rows])
 
-    def repeat(self, n: int) -> "RecurrentState":
-        """Repeat every row n times (row-major), e.g. to sample a group of n completions per prompt."""
-        return self._with(lambda t: t.repeat_interleave(n, dim=1))
-
 
 def _shift(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
     """Previous token's features: [B,T,C] with x_prev [B,C] in front."""
