@@ -76,7 +76,7 @@ def from_fla_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in sd.items():
         key, transpose = fla_key_to_blinkdl(name)
-        out[key] = t.t() if transpose else t
+        out[key] = t.t().contiguous() if transpose else t  # same memory layout as a .pth load
     return out
 
 
