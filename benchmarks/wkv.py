@@ -1,9 +1,10 @@
 """Throughput of the WKV-7 recurrence, forward + backward to the initial state (what state tuning needs).
 
 CPU: the chunked pure-torch path (``wkv7_chunked``) vs the per-token autograd reference (``wkv7_naive``), in
-the same run, with their ratio. CUDA: additionally our Triton kernels, fla's ``chunk_rwkv7`` (if installed), and
-peak memory. Throughput counts (head, token) pairs: B * H * T per call. Next to the figures: FLOPs and the
-minimal memory traffic of the chunked form (``chunked_cost``).
+the same run, with their ratio. CUDA: additionally our chunked Triton kernels (``triton``), the token-loop Triton
+kernels (``triton-rec``), fla's ``chunk_rwkv7`` (if installed; the target is triton time / fla <= 1.5 at
+T = 4096), and peak memory. Throughput counts (head, token) pairs: B * H * T per call. Next to the figures:
+FLOPs and the minimal memory traffic of the chunked form (``chunked_cost``).
 
     python benchmarks/wkv.py --quick            # CPU, small sizes (minutes on 2 cores)
     python benchmarks/wkv.py                    # T in {256, 1024, 4096}, B*H in {8, 64}, K = V = 64
@@ -94,7 +95,8 @@ def backends(device: str, chunk: int) -> dict[str, Callable]:
     }
     if device == "cuda":
         from rl_statetune_kernels import wkv7_fla, wkv7_triton
-        fns["triton"] = wkv7_triton
+        fns["triton"] = wkv7_triton                                            # chunked kernels (default)
+        fns["triton-rec"] = lambda *xs: wkv7_triton(*xs, algorithm="recurrent")  # token-loop kernels
         try:
             import fla.ops.rwkv7  # noqa: F401
             fns["fla"] = wkv7_fla
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     cols = ["T", "B*H", "fwd GFLOP", "IO MB"] + [f"{n} ktok/s" for n in names]
     if "naive" in names:
         cols += [f"{n}/naive" for n in names if n != "naive"]
+    if "fla" in names:
+        cols += ["triton time / fla"]
     if device == "cuda":
         cols += [f"{n} MiB" for n in names]
     print("| " + " | ".join(cols) + " |")
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             if "naive" in names and res["naive"].seconds is not None:
                 row += [f"{res['naive'].note}{res['naive'].seconds / res[n].seconds:.1f}x"
                         for n in names if n != "naive"]
+            if "fla" in names:
+                row.append(f"{res['triton'].seconds / res['fla'].seconds:.2f}")
             if device == "cuda":
                 row += ["-" if res[n].peak_mib is None else f"{res[n].peak_mib:.0f}" for n in names]
             print("| " + " | ".join(row) + " |", flush=True)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from .chunk_bwd import wkv7_chunk_bwd
+from .chunk_fwd import wkv7_chunk_fwd
 from .plan import DEFAULT_CHUNK, WKVPlan, make_plan
-from .wkv7_bwd import wkv7_bwd
-from .wkv7_fwd import wkv7_fwd
+from .recurrent_bwd import wkv7_bwd
+from .recurrent_fwd import wkv7_fwd
+
+KERNELS = {"chunk": (wkv7_chunk_fwd, wkv7_chunk_bwd), "recurrent": (wkv7_fwd, wkv7_bwd)}
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -23,7 +27,8 @@ class WKV7Function(torch.autograd.Function):
         xs = [_flat(x) for x in (r, logw, k, v, a, b)]
         s0c = s0.contiguous() if s0 is not None else None
         needs_grad = any(ctx.needs_input_grad[:7])
-        y, sT, ckpt = wkv7_fwd(plan, *xs, s0c, store_checkpoints=needs_grad)
+        fwd, _ = KERNELS[plan.algorithm]
+        y, sT, ckpt = fwd(plan, *xs, s0c, store_checkpoints=needs_grad)
         if needs_grad:
             ctx.save_for_backward(*xs, ckpt)
             ctx.plan = plan
@@ -39,7 +44,8 @@ class WKV7Function(torch.autograd.Function):
         plan = ctx.plan
         dy = _flat(dy) if dy is not None else None
         dsT = dsT.contiguous() if dsT is not None else None
-        dr, dlogw, dk, da, db, dv, ds0 = wkv7_bwd(plan, *xs, ckpt, dy, dsT)
+        _, bwd = KERNELS[plan.algorithm]
+        dr, dlogw, dk, da, db, dv, ds0 = bwd(plan, *xs, ckpt, dy, dsT)
         grads = [g.view(shape).to(dtype) for g, shape, dtype in
                  zip((dr, dlogw, dk, dv, da, db), ctx.shapes, ctx.dtypes)]
         ds0 = ds0.to(ctx.s0_dtype) if ctx.s0_dtype is not None else None
@@ -48,7 +54,7 @@ class WKV7Function(torch.autograd.Function):
 
 def wkv7_triton(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
                 b: torch.Tensor, s0: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None, *,
-                chunk_size: int = DEFAULT_CHUNK, block_v: int | None = None):
+                chunk_size: int = DEFAULT_CHUNK, block_v: int | None = None, algorithm: str = "chunk"):
     """WKV-7 recurrence S_t = S_{t-1}(diag(exp(logw_t)) + a_t b_t^T) + v_t k_t^T, y_t = S_t r_t on Triton.
 
     Args:
@@ -57,11 +63,15 @@ def wkv7_triton(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.T
         s0: optional initial state [N, H, V, K] (row = value index); gradients flow to it.
         cu_seqlens: optional int offsets [N + 1] for packed variable-length input (then B must be 1 and
             N = len(cu_seqlens) - 1; otherwise N = B).
-        chunk_size: tokens between the state checkpoints kept for the backward pass.
+        chunk_size: tokens per chunk (16, 32 or 64 for the chunk algorithm); the state is checkpointed once
+            per chunk for the backward pass.
         block_v: value rows per program (power of two); default picks one from the shapes.
+        algorithm: "chunk" (default; per-chunk matrix form on tl.dot, ``chunk_fwd.py`` / ``chunk_bwd.py``) or
+            "recurrent" (token loop, ``recurrent_fwd.py`` / ``recurrent_bwd.py``; the reference the chunked
+            kernels are tested against).
 
     Returns:
         y [B, T, H, V] in r's dtype and the final state [N, H, V, K] in float32. All math runs in float32.
     """
-    plan = make_plan(r, logw, k, v, a, b, s0, cu_seqlens, chunk_size, block_v)
+    plan = make_plan(r, logw, k, v, a, b, s0, cu_seqlens, chunk_size, block_v, algorithm)
     return WKV7Function.apply(r, logw, k, v, a, b, s0, plan)

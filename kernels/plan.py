@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
-DEFAULT_CHUNK = 32            # tokens between state checkpoints (forward) = recompute window (backward)
+DEFAULT_CHUNK = 16            # tokens per chunk = between state checkpoints (forward) = recompute window (backward)
+ALGORITHMS = ("chunk", "recurrent")
 _MAX_TILE = 4096              # BV * BK elements of state held in registers per program
 _TARGET_PROGRAMS = 256        # shrink BV until the grid has about this many programs (GPU occupancy)
 
@@ -31,6 +32,8 @@ class WKVPlan:
     BV: int
     NV: int                   # value blocks = grid size along V
     chunk: int
+    algorithm: str            # "chunk" (matrix form per chunk) or "recurrent" (token loop)
+    dot_precision: str        # tl.dot input_precision: "ieee" for float32 inputs, "tf32" for 16-bit ones
     n_chunks: int             # checkpoints in total over all sequences
     cu_seqlens: torch.Tensor | None      # int64 [N + 1] on the input device, varlen only
     chunk_offsets: torch.Tensor | None   # int64 [N] first checkpoint index of each sequence, varlen only
@@ -50,7 +53,7 @@ def _pow2(x: int) -> int:
 
 def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
               b: torch.Tensor, s0: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-              chunk_size: int = DEFAULT_CHUNK, block_v: int | None = None) -> WKVPlan:
+              chunk_size: int = DEFAULT_CHUNK, block_v: int | None = None, algorithm: str = "chunk") -> WKVPlan:
     """Check shapes, dtypes and devices; choose block sizes. Raises ValueError with the offending shape."""
     if r.dim() != 4:
         raise ValueError(f"wkv7_triton: r must be [B, T, H, K], got shape {tuple(r.shape)}")
@@ -67,8 +70,13 @@ def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Ten
         if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"wkv7_triton: unsupported dtype {x.dtype}; use float32, bfloat16 or float16 "
                              "(float64 references live in rl_statetune.wkv.wkv7_naive)")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"wkv7_triton: unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
     if chunk_size < 1:
         raise ValueError(f"wkv7_triton: chunk_size must be >= 1, got {chunk_size}")
+    if algorithm == "chunk" and (chunk_size < 16 or chunk_size & (chunk_size - 1) or chunk_size > 64):
+        raise ValueError(f"wkv7_triton: the chunk algorithm needs chunk_size in {{16, 32, 64}} (tl.dot tiles; "
+                         f"e^(chunk * max|logw|) must fit float32), got {chunk_size}; the recurrent one takes any")
     B, T, H, K = r.shape
     V = v.shape[-1]
     if K == 0 or V == 0 or H == 0:
@@ -106,8 +114,10 @@ def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Ten
         if block_v < 1 or block_v & (block_v - 1):
             raise ValueError(f"wkv7_triton: block_v must be a power of two, got {block_v}")
         BV = block_v
+    precision = "ieee" if all(x.dtype == torch.float32 for x in (r, logw, k, v, a, b)) else "tf32"
     return WKVPlan(N=N, T=seq_T, total_T=total_T, H=H, K=K, V=V, BK=BK, BV=BV, NV=triton.cdiv(V, BV),
-                   chunk=chunk_size, n_chunks=n_chunks, cu_seqlens=cu, chunk_offsets=offs)
+                   chunk=chunk_size, algorithm=algorithm, dot_precision=precision, n_chunks=n_chunks,
+                   cu_seqlens=cu, chunk_offsets=offs)
 
 
 def check_runnable(kernel, device: torch.device) -> None:

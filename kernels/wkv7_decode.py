@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .plan import check_runnable
-from .wkv7_fwd import load_token, wkv_step
+from .jit_helpers import load_token, wkv_step
 
 
 @triton.jit

@@ -114,20 +114,24 @@ def mask_after_lengths(lengths, logw, k, v, a, b):
 
 
 def wkv7(r, logw, k, v, a, b, s0=None, lengths=None, backend: str = "auto", chunk_size: int = DEFAULT_CHUNK):
-    """Dispatch the recurrence. ``lengths`` [B] handles right-padded batches of different lengths.
+    """Dispatch the recurrence. ``lengths`` [B] handles right-padded batches of different lengths: the Triton
+    backend packs the rows into one sequence with ``cu_seqlens`` (no work on padding); the others turn padded
+    steps into identity steps. Outputs at padded positions are 0 (Triton) or meaningless (others).
 
     backend: "auto" (Triton on CUDA when available; on CPU the token loop for a few tokens, e.g. decoding,
     and the chunked path otherwise), "torch", "naive", "triton", "fla".
     Returns (y [B,T,H,V], final state [B,H,V,K] in float32 or the input's float64).
     """
     _check_shapes(r, logw, k, v, a, b, s0)
-    if lengths is not None:
-        logw, k, v, a, b = mask_after_lengths(lengths, logw, k, v, a, b)
     if backend == "auto":
         if r.is_cuda and _triton_available():
             backend = "triton"
         else:
             backend = "naive" if r.shape[1] <= SHORT_SEQUENCE else "torch"
+    if lengths is not None and backend == "triton":
+        return _triton_packed(r, logw, k, v, a, b, s0, lengths)
+    if lengths is not None:
+        logw, k, v, a, b = mask_after_lengths(lengths, logw, k, v, a, b)
     if backend == "torch":
         return wkv7_chunked(r, logw, k, v, a, b, s0, chunk_size)
     if backend == "naive":
@@ -139,6 +143,22 @@ def wkv7(r, logw, k, v, a, b, s0=None, lengths=None, backend: str = "auto", chun
         from rl_statetune_kernels import wkv7_fla
         return wkv7_fla(r, logw, k, v, a, b, s0)
     raise ValueError(f"unknown WKV backend {backend!r}; choose auto, torch, naive, triton or fla")
+
+
+def _triton_packed(r, logw, k, v, a, b, s0, lengths):
+    """Right-padded [B, T] batch -> one packed sequence with cu_seqlens, so the kernels skip the padding."""
+    from rl_statetune_kernels import wkv7_triton
+
+    B, T, H, _ = r.shape
+    lengths = lengths.to(device=r.device, dtype=torch.int64)
+    if bool(((lengths < 0) | (lengths > T)).any()):
+        raise ValueError(f"wkv7: lengths must lie in [0, {T}], got {lengths.tolist()}")
+    keep = (torch.arange(T, device=r.device)[None, :] < lengths[:, None]).flatten().nonzero().squeeze(1)
+    packed = [x.reshape(B * T, H, x.shape[-1]).index_select(0, keep).unsqueeze(0) for x in (r, logw, k, v, a, b)]
+    cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    y_packed, sT = wkv7_triton(*packed, s0, cu_seqlens=cu_seqlens)
+    y = y_packed.new_zeros(B * T, H, v.shape[-1]).index_copy(0, keep, y_packed[0])
+    return y.view(B, T, H, v.shape[-1]), sT
 
 
 def _check_shapes(r, logw, k, v, a, b, s0):

@@ -35,7 +35,7 @@ from rl_statetune.wkv import wkv7, wkv7_naive  # noqa: E402
 
 
 def _load_kernels():
-    fwd = sys.modules.get("rl_statetune_kernels.wkv7_fwd")
+    fwd = sys.modules.get("rl_statetune_kernels.recurrent_fwd")
     if DEVICE == "cpu" and fwd is not None and not isinstance(fwd._wkv7_fwd_kernel, InterpretedFunction):
         for name in [m for m in sys.modules if m == "rl_statetune_kernels" or m.startswith("rl_statetune_kernels.")]:
             del sys.modules[name]
@@ -68,41 +68,58 @@ def assert_all_close(got, want, tol):
     assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
 
 
-@pytest.mark.parametrize("K,V,block_v,chunk", [(16, 16, None, 16), (12, 40, 16, 8)],
-                         ids=["K16-V16", "K12-V40-3blocks"])
-def test_fp32_forward_and_all_gradients_match_float64_reference(K, V, block_v, chunk):
+ALGOS = [("chunk", 16), ("recurrent", 8)]   # (algorithm, chunk size): both cut T = 37 into a ragged last chunk
+
+
+@pytest.mark.parametrize("algorithm,chunk", ALGOS, ids=[a for a, _ in ALGOS])
+@pytest.mark.parametrize("K,V,block_v", [(16, 16, None), (12, 40, 16)], ids=["K16-V16", "K12-V40-3blocks"])
+def test_fp32_forward_and_all_gradients_match_float64_reference(K, V, block_v, algorithm, chunk):
     inputs = make_inputs(seed=K * 100 + V, B=2, T=37, H=2, K=K, V=V)   # 37: not a multiple of the chunk
     g = torch.Generator().manual_seed(7)
     dy, ds = torch.randn(2, 37, 2, V, generator=g, dtype=torch.float64), torch.randn(2, 2, V, K, generator=g,
                                                                                      dtype=torch.float64)
-    got = run_triton(inputs, dy, ds, torch.float32, chunk_size=chunk, block_v=block_v)
+    got = run_triton(inputs, dy, ds, torch.float32, chunk_size=chunk, block_v=block_v, algorithm=algorithm)
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
     assert_all_close(got, reference(inputs, dy, ds), tol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [32, 64])
+def test_chunk_algorithm_with_larger_chunks(chunk):
+    """Larger chunks widen the e^{+-cs} range inside a chunk; 64 * 0.61 still fits float32."""
+    inputs = make_inputs(seed=chunk, B=1, T=2 * chunk + 5, H=2, K=16, V=16)
+    g = torch.Generator().manual_seed(chunk)
+    dy = torch.randn(1, 2 * chunk + 5, 2, 16, generator=g, dtype=torch.float64)
+    ds = torch.randn(1, 2, 16, 16, generator=g, dtype=torch.float64)
+    got = run_triton(inputs, dy, ds, torch.float32, chunk_size=chunk, algorithm="chunk")
+    assert_all_close(got, reference(inputs, dy, ds), tol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm,chunk", ALGOS, ids=[a for a, _ in ALGOS])
 @pytest.mark.parametrize("use_y,use_s", [(True, False), (False, True)], ids=["loss-on-y", "loss-on-state"])
-def test_gradient_when_only_one_output_is_used(use_y, use_s):
+def test_gradient_when_only_one_output_is_used(use_y, use_s, algorithm, chunk):
     inputs = make_inputs(seed=11 + use_y, B=1, T=20, H=2, K=16, V=16)
     g = torch.Generator().manual_seed(3)
     dy, ds = torch.randn(1, 20, 2, 16, generator=g, dtype=torch.float64), torch.randn(1, 2, 16, 16, generator=g,
                                                                                       dtype=torch.float64)
-    got = run_triton(inputs, dy, ds, torch.float32, use_y=use_y, use_s=use_s, chunk_size=8)
+    got = run_triton(inputs, dy, ds, torch.float32, use_y=use_y, use_s=use_s, chunk_size=chunk, algorithm=algorithm)
     assert_all_close(got, reference(inputs, dy, ds, use_y, use_s), tol=1e-5)
 
 
-def test_bf16_inputs_match_reference_on_rounded_inputs():
+@pytest.mark.parametrize("algorithm", ["chunk", "recurrent"])
+def test_bf16_inputs_match_reference_on_rounded_inputs(algorithm):
     inputs = make_inputs(seed=5, B=2, T=29, H=2, K=16, V=16)
     rounded = [x.to(torch.bfloat16).double() for x in inputs[:6]] + [inputs[6].float().double()]
     g = torch.Generator().manual_seed(9)
     dy = torch.randn(2, 29, 2, 16, generator=g, dtype=torch.float64).to(torch.bfloat16).double()
     ds = torch.randn(2, 2, 16, 16, generator=g, dtype=torch.float64)
-    got = run_triton(rounded, dy, ds, torch.bfloat16, chunk_size=16)
+    got = run_triton(rounded, dy, ds, torch.bfloat16, chunk_size=16, algorithm=algorithm)
     assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.float32
     assert all(gr.dtype == torch.bfloat16 for gr in got[2][:6]) and got[2][6].dtype == torch.float32
     assert_all_close(got, reference(rounded, dy, ds), tol=2e-2)
 
 
-def test_varlen_cu_seqlens_matches_per_sequence_reference():
+@pytest.mark.parametrize("algorithm,chunk", ALGOS, ids=[a for a, _ in ALGOS])
+def test_varlen_cu_seqlens_matches_per_sequence_reference(algorithm, chunk):
     lengths = [13, 0, 21, 6]                        # includes an empty sequence: sT = s0, ds0 = dsT
     total, N, H, K, V = sum(lengths), len(lengths), 2, 16, 24
     packed = make_inputs(seed=21, B=1, T=total, H=H, K=K, V=V, n_states=N)
@@ -110,7 +127,8 @@ def test_varlen_cu_seqlens_matches_per_sequence_reference():
     dy = torch.randn(1, total, H, V, generator=g, dtype=torch.float64)
     ds = torch.randn(N, H, V, K, generator=g, dtype=torch.float64)
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
-    got = run_triton(packed, dy, ds, torch.float32, cu_seqlens=cu.to(DEVICE), chunk_size=8, block_v=16)
+    got = run_triton(packed, dy, ds, torch.float32, cu_seqlens=cu.to(DEVICE), chunk_size=chunk, block_v=16,
+                     algorithm=algorithm)
 
     ys, states, grads = [], [], [[] for _ in NAMES]
     for n in range(N):
@@ -150,12 +168,23 @@ def test_decode_steps_match_reference_and_inplace():
     assert rel_err(y0, y_ref1) < 1e-5 and rel_err(inplace_state, s_ref1) < 1e-5
 
 
-def test_dispatcher_triton_backend_with_lengths():
-    inputs = make_inputs(seed=41, B=2, T=12, H=1, K=16, V=16)
-    lengths = torch.tensor([12, 7])
-    y, sT = wkv7(*[x.float().to(DEVICE) for x in inputs], lengths=lengths, backend="triton")
-    y_ref, s_ref = wkv7(*inputs, lengths=lengths, backend="naive")
-    assert rel_err(y, y_ref) < 1e-5 and rel_err(sT, s_ref) < 1e-5
+def test_dispatcher_triton_backend_packs_lengths_with_gradients():
+    """lengths -> cu_seqlens packing: outputs on valid positions, final states and every gradient."""
+    inputs = make_inputs(seed=41, B=3, T=21, H=1, K=16, V=16)
+    lengths = torch.tensor([21, 7, 0])
+    valid = (torch.arange(21)[None, :] < lengths[:, None])[..., None, None]
+    g = torch.Generator().manual_seed(2)
+    dy = torch.randn(3, 21, 1, 16, generator=g, dtype=torch.float64) * valid
+    ds = torch.randn(3, 1, 16, 16, generator=g, dtype=torch.float64)
+
+    def run(xs, backend):
+        y, sT = wkv7(*xs, lengths=lengths, backend=backend)
+        grads = torch.autograd.grad((y * dy.to(y)).sum() + (sT * ds.to(sT)).sum(), xs)
+        return y * valid.to(y.device), sT, grads
+
+    got = run([x.float().to(DEVICE).requires_grad_() for x in inputs], "triton")
+    want = run([x.clone().requires_grad_() for x in inputs], "naive")
+    assert_all_close(got, want, tol=1e-5)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -169,6 +198,10 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="cu_seqlens must rise"):
         kernels.wkv7_triton(x[:1], x[:1], x[:1], x[:1], x[:1], x[:1],
                             cu_seqlens=torch.tensor([0, 3], dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="chunk algorithm needs chunk_size"):
+        kernels.wkv7_triton(x, x, x, x, x, x, chunk_size=8)
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        kernels.wkv7_triton(x, x, x, x, x, x, algorithm="parallel")
     with pytest.raises(ValueError, match="unsupported dtype"):
         kernels.wkv7_triton(*[x.double()] * 6)
     with pytest.raises(ValueError, match="one token"):
