@@ -14,7 +14,9 @@ import triton
 
 DEFAULT_CHUNK = 16            # tokens per chunk = between state checkpoints (forward) = recompute window (backward)
 ALGORITHMS = ("chunk", "recurrent")
-_MAX_TILE = 4096              # BV * BK elements of state held in registers per program
+_MAX_TILE = 4096              # BV * BK elements of state held in registers per program (recurrent kernels)
+_MAX_TILE_CHUNK = 2048        # chunk kernels also hold ~a dozen [C, BK] tiles: at K = 64, BV = 32 and 8 warps the
+                              # sm_90 backward spills 20 bytes, BV = 64 spills 312 (benchmarks/kernel_resources.py)
 _TARGET_PROGRAMS = 256        # shrink BV until the grid has about this many programs (GPU occupancy)
 
 
@@ -44,6 +46,8 @@ class WKVPlan:
 
     @property
     def num_warps(self) -> int:
+        if self.algorithm == "chunk":
+            return 8
         return 4 if self.BV * self.BK <= 2048 else 8
 
 
@@ -107,7 +111,8 @@ def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
     BK = max(16, _pow2(K))
     if block_v is None:
-        BV = min(max(16, _pow2(V)), max(16, _MAX_TILE // BK))
+        max_tile = _MAX_TILE_CHUNK if algorithm == "chunk" else _MAX_TILE
+        BV = min(max(16, _pow2(V)), max(16, max_tile // BK))
         while BV > 16 and N * H * triton.cdiv(V, BV) < _TARGET_PROGRAMS:
             BV //= 2
     else:
