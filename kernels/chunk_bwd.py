@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 
 from .chunk_fwd import chunk_factors, chunk_scores, load_chunk, unit_lower_inverse
-from .jit_helpers import seq_bounds
-from .plan import WKVPlan, check_runnable
+from .jit_helpers import seq_bounds, state_block
+from .plan import WKVPlan, backward_buffers, check_runnable, sum_partials
 
 
 @triton.jit(do_not_specialize=["T", "TOTAL_T"])
@@ -38,12 +38,7 @@ def _wkv7_chunk_bwd_kernel(r, logw, k, v, a, b, ckpt, dy, dsT, ds0, dr, dlogw, d
     bos, eos, c0 = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK, IS_VARLEN)
 
     o_c = tl.arange(0, CHUNK)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_s = m_v[:, None] & m_k[None, :]
-    o_s = o_v[:, None] * K + o_k[None, :]
+    o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
     strict = o_c[:, None] > o_c[None, :]
     incl = o_c[:, None] >= o_c[None, :]
     part = i_v.to(tl.int64) * TOTAL_T * H * K                  # this block's slice of the partial-sum buffers
@@ -112,10 +107,7 @@ def wkv7_chunk_bwd(plan: WKVPlan, r, logw, k, v, a, b, ckpt: torch.Tensor, dy: t
     """Launch the chunked backward. Returns float32 (dr, dlogw, dk, da, db) [total_T, H, K], dv, ds0."""
     check_runnable(_wkv7_chunk_bwd_kernel, r.device)
     H, K, V, NV = plan.H, plan.K, plan.V, plan.NV
-    dev = r.device
-    partial = [torch.empty(NV, plan.total_T, H, K, device=dev, dtype=torch.float32) for _ in range(5)]
-    dv = torch.empty(plan.total_T, H, V, device=dev, dtype=torch.float32)
-    ds0 = torch.empty(plan.N, H, V, K, device=dev, dtype=torch.float32)
+    partial, dv, ds0 = backward_buffers(plan, r.device)
     dr, dlogw, dk, da, db = partial
     _wkv7_chunk_bwd_kernel[(NV, plan.N * H)](
         r, logw, k, v, a, b, ckpt, dy, dsT, ds0, dr, dlogw, dk, dv, da, db,
@@ -123,5 +115,4 @@ def wkv7_chunk_bwd(plan: WKVPlan, r, logw, k, v, a, b, ckpt: torch.Tensor, dy: t
         H=H, K=K, V=V, BK=plan.BK, BV=plan.BV, CHUNK=plan.chunk, HAS_DY=dy is not None,
         HAS_DST=dsT is not None, IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision, num_warps=plan.num_warps,
     )
-    summed = [x.sum(0) if NV > 1 else x[0] for x in partial]
-    return (*summed, dv, ds0)
+    return (*sum_partials(partial), dv, ds0)

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .jit_helpers import seq_bounds
-from .plan import WKVPlan, check_runnable
+from .jit_helpers import seq_bounds, state_block
+from .plan import WKVPlan, check_runnable, forward_buffers
 
 
 @triton.jit
@@ -86,12 +86,7 @@ def _wkv7_chunk_fwd_kernel(r, logw, k, v, a, b, s0, y, sT, ckpt, cu_seqlens, chu
     bos, eos, c0 = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK, IS_VARLEN)
 
     o_c = tl.arange(0, CHUNK)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_s = m_v[:, None] & m_k[None, :]
-    o_s = o_v[:, None] * K + o_k[None, :]
+    o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
     state_base = i_nh.to(tl.int64) * V * K
     if HAS_S0:
         S = tl.load(s0 + state_base + o_s, mask=m_s, other=0.).to(tl.float32)
@@ -125,10 +120,7 @@ def wkv7_chunk_fwd(plan: WKVPlan, r: torch.Tensor, logw: torch.Tensor, k: torch.
     """Launch the chunked forward on contiguous [total_T, H, *] inputs. Returns (y, sT float32, checkpoints)."""
     check_runnable(_wkv7_chunk_fwd_kernel, r.device)
     H, K, V = plan.H, plan.K, plan.V
-    y = torch.empty(v.shape, device=v.device, dtype=r.dtype)
-    sT = torch.empty(plan.N, H, V, K, device=r.device, dtype=torch.float32)
-    ckpt = (torch.empty(max(plan.n_chunks, 1), H, V, K, device=r.device, dtype=torch.float32)
-            if store_checkpoints else None)
+    y, sT, ckpt = forward_buffers(plan, r, v, store_checkpoints)
     _wkv7_chunk_fwd_kernel[(plan.NV, plan.N * H)](
         r, logw, k, v, a, b, s0, y, sT, ckpt, plan.cu_seqlens, plan.chunk_offsets, plan.T,
         H=H, K=K, V=V, BK=plan.BK, BV=plan.BV, CHUNK=plan.chunk, HAS_S0=s0 is not None,

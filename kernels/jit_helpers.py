@@ -37,3 +37,13 @@ def wkv_step(S, w_t, k_t, a_t, b_t, v_t):
     """S_{t-1} -> S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T, and S_{t-1} a_t (the backward needs it)."""
     sa = tl.sum(S * a_t[None, :], axis=1)
     return S * w_t[None, :] + sa[:, None] * b_t[None, :] + v_t[:, None] * k_t[None, :], sa
+
+
+@triton.jit
+def state_block(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Key offsets, this program's value rows, their masks, and the offsets of its [BV, BK] block in a [V, K] state."""
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    return o_k, o_v, m_k, m_v, m_v[:, None] & m_k[None, :], o_v[:, None] * K + o_k[None, :]

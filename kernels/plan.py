@@ -134,3 +134,26 @@ def check_runnable(kernel, device: torch.device) -> None:
         raise RuntimeError("wkv7_triton: inputs are on the CPU but Triton is not in interpreter mode. Use CUDA "
                            "tensors, or set TRITON_INTERPRET=1 before the first import of triton / "
                            "rl_statetune_kernels (slow; meant for tests), or use rl_statetune.wkv.wkv7_chunked.")
+
+
+def forward_buffers(plan: WKVPlan, r: torch.Tensor, v: torch.Tensor, store_checkpoints: bool):
+    """Outputs of a forward launch: y (r's dtype, v's shape), sT [N, H, V, K] fp32, and the chunk checkpoints."""
+    y = torch.empty(v.shape, device=v.device, dtype=r.dtype)
+    sT = torch.empty(plan.N, plan.H, plan.V, plan.K, device=r.device, dtype=torch.float32)
+    ckpt = (torch.empty(max(plan.n_chunks, 1), plan.H, plan.V, plan.K, device=r.device, dtype=torch.float32)
+            if store_checkpoints else None)
+    return y, sT, ckpt
+
+
+def backward_buffers(plan: WKVPlan, device: torch.device):
+    """Outputs of a backward launch: per-value-block partials of (dr, dlogw, dk, da, db), then dv and ds0 (fp32)."""
+    partial = [torch.empty(plan.NV, plan.total_T, plan.H, plan.K, device=device, dtype=torch.float32)
+               for _ in range(5)]
+    dv = torch.empty(plan.total_T, plan.H, plan.V, device=device, dtype=torch.float32)
+    ds0 = torch.empty(plan.N, plan.H, plan.V, plan.K, device=device, dtype=torch.float32)
+    return partial, dv, ds0
+
+
+def sum_partials(partial: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Add up the value blocks' partial sums of the key-sized gradients."""
+    return [x.sum(0) if x.shape[0] > 1 else x[0] for x in partial]

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .plan import WKVPlan, check_runnable
-from .jit_helpers import load_token, seq_bounds, wkv_step
+from .plan import WKVPlan, backward_buffers, check_runnable, sum_partials
+from .jit_helpers import load_token, seq_bounds, state_block, wkv_step
 
 
 @triton.jit(do_not_specialize=["T", "TOTAL_T"])
@@ -36,12 +36,7 @@ def _wkv7_bwd_kernel(r, logw, k, v, a, b, ckpt, dy, dsT, ds0, dr, dlogw, dk, dv,
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0 = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK, IS_VARLEN)
 
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_s = m_v[:, None] & m_k[None, :]
-    o_s = o_v[:, None] * K + o_k[None, :]
+    o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
     o_tile = tl.arange(0, BV)[:, None] * BK + o_k[None, :]   # offsets inside one scratch tile
     slab = scratch + (i_nh.to(tl.int64) * NV + i_v) * (CHUNK * BV * BK)
     part = i_v.to(tl.int64) * TOTAL_T * H * K                 # this block's slice of the partial-sum buffers
@@ -107,11 +102,8 @@ def wkv7_bwd(plan: WKVPlan, r, logw, k, v, a, b, ckpt: torch.Tensor, dy: torch.T
     """Launch the backward kernel. Returns float32 (dr, dlogw, dk, da, db) [total_T, H, K], dv like v, ds0."""
     check_runnable(_wkv7_bwd_kernel, r.device)
     H, K, V, NV = plan.H, plan.K, plan.V, plan.NV
-    dev = r.device
-    partial = [torch.empty(NV, plan.total_T, H, K, device=dev, dtype=torch.float32) for _ in range(5)]
-    dv = torch.empty(plan.total_T, H, V, device=dev, dtype=torch.float32)
-    ds0 = torch.empty(plan.N, H, V, K, device=dev, dtype=torch.float32)
-    scratch = torch.empty(plan.N * H * NV * plan.chunk * plan.BV * plan.BK, device=dev, dtype=torch.float32)
+    partial, dv, ds0 = backward_buffers(plan, r.device)
+    scratch = torch.empty(plan.N * H * NV * plan.chunk * plan.BV * plan.BK, device=r.device, dtype=torch.float32)
     dr, dlogw, dk, da, db = partial
     grid = (NV, plan.N * H)
     _wkv7_bwd_kernel[grid](
@@ -120,5 +112,4 @@ def wkv7_bwd(plan: WKVPlan, r, logw, k, v, a, b, ckpt: torch.Tensor, dy: torch.T
         H=H, K=K, V=V, BK=plan.BK, BV=plan.BV, NV=NV, CHUNK=plan.chunk, HAS_DY=dy is not None,
         HAS_DST=dsT is not None, IS_VARLEN=plan.is_varlen, num_warps=plan.num_warps,
     )
-    summed = [x.sum(0) if NV > 1 else x[0] for x in partial]
-    return (*summed, dv, ds0)
+    return (*sum_partials(partial), dv, ds0)

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .jit_helpers import load_token, seq_bounds, wkv_step
-from .plan import WKVPlan, check_runnable
+from .jit_helpers import load_token, seq_bounds, state_block, wkv_step
+from .plan import WKVPlan, check_runnable, forward_buffers
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -25,12 +25,7 @@ def _wkv7_fwd_kernel(r, logw, k, v, a, b, s0, y, sT, ckpt, cu_seqlens, chunk_off
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0 = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK, IS_VARLEN)
 
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_s = m_v[:, None] & m_k[None, :]
-    o_s = o_v[:, None] * K + o_k[None, :]                      # offsets inside one [V, K] state
+    o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
 
     state_base = i_nh.to(tl.int64) * V * K
     if HAS_S0:
@@ -58,10 +53,7 @@ def wkv7_fwd(plan: WKVPlan, r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor
     """Launch the forward kernel on contiguous inputs. Returns (y in r's dtype, sT float32, checkpoints or None)."""
     check_runnable(_wkv7_fwd_kernel, r.device)
     H, K, V = plan.H, plan.K, plan.V
-    y = torch.empty(v.shape, device=v.device, dtype=r.dtype)
-    sT = torch.empty(plan.N, H, V, K, device=r.device, dtype=torch.float32)
-    ckpt = (torch.empty(max(plan.n_chunks, 1), H, V, K, device=r.device, dtype=torch.float32)
-            if store_checkpoints else None)
+    y, sT, ckpt = forward_buffers(plan, r, v, store_checkpoints)
     grid = (plan.NV, plan.N * H)
     _wkv7_fwd_kernel[grid](
         r, logw, k, v, a, b, s0, y, sT, ckpt, plan.cu_seqlens, plan.chunk_offsets, plan.T,

@@ -7,19 +7,15 @@ import triton
 import triton.language as tl
 
 from .plan import check_runnable
-from .jit_helpers import load_token, wkv_step
+from .jit_helpers import load_token, state_block, wkv_step
 
 
 @triton.jit
 def _wkv7_decode_kernel(r, logw, k, v, a, b, s_in, s_out, y, H: tl.constexpr, K: tl.constexpr,
                         V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_s = m_v[:, None] & m_k[None, :]
-    p_s = i_bh.to(tl.int64) * V * K + o_v[:, None] * K + o_k[None, :]
+    o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
+    p_s = i_bh.to(tl.int64) * V * K + o_s
     p_k = i_bh.to(tl.int64) * K + o_k
     p_v = i_bh.to(tl.int64) * V + o_v
 
