@@ -73,6 +73,34 @@ def test_guide_logprob_of_actions_hand_made(tok):
     torch.testing.assert_close(reverse_kl_reward(lp, learner_lp), lp + 2.0)
 
 
+def test_guide_logprobs_on_a_subset_of_positions_equal_the_full_rows(tok):
+    g = CharGuide(COTS)
+    batch = collate_cots(items(g), tok, 256)
+    P = len(batch.positions())
+    alt = int(tok.encode(" pens")[0])
+    actions = torch.stack([batch.targets, torch.full_like(batch.targets, alt)], dim=1)
+    full = guide_logprobs_of_actions(g, batch, actions, tok, floor=-50.0)
+    rows = [1, P // 2, P - 1]
+    g.score_calls.clear()
+    sub = guide_logprobs_of_actions(g, batch, actions[rows], tok, floor=-50.0, rows=rows)
+    torch.testing.assert_close(sub, full[rows], rtol=0, atol=0)
+    (_, conts), = g.score_calls
+    assert len(conts) <= len(rows) * 2
+    with pytest.raises(ValueError, match="rows of actions"):
+        guide_logprobs_of_actions(g, batch, actions, tok, floor=-50.0, rows=rows)
+
+
+def test_scored_positions_caps_guide_queries_per_step(model, tok):
+    g = CharGuide(COTS)
+    learner = Learner(model, tok, cfg("guide_logprob", samples=3, scored_positions=4), guide=g, seed=0)
+    its = items(g)
+    g.score_calls.clear()
+    m = learner.train_step(its, 0, 10)
+    (_, conts), = g.score_calls
+    assert 0 < len(conts) <= 4 * 3 and m["positions"] > 4
+    assert learner.state.time_state.abs().sum() > 0
+
+
 def test_multistep_reward_hand_made():
     g = CharGuide(COTS)
     its = items(g, score=False)

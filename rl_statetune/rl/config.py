@@ -60,6 +60,9 @@ class RewardConfig(Section):
     floor_logprob: float = Field(-20.0, le=0)  # guide log-prob of a token the guide cannot score (eos, bytes)
     rollout_tokens: int = Field(4, gt=0)       # multistep: k tokens rolled out by the learner
     rollout_positions: int = Field(4, gt=0)    # multistep: branch points per CoT
+    # guide_logprob / reverse_kl: CoT positions per step whose sampled actions the guide scores (a random subset;
+    # None = all). Each scored action is one guide query of prompt + CoT prefix + action, so this caps guide work.
+    scored_positions: int | None = Field(None, gt=0)
 
 
 class PGConfig(Section):

@@ -63,13 +63,25 @@ class Learner:
     def sample_actions(self, logp: torch.Tensor, samples: int) -> torch.Tensor:
         return torch.multinomial(logp.detach().exp(), samples, replacement=True, generator=self.generator)
 
-    def single_step_rewards(self, batch: CotBatch, logp: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """[P, G] rewards of ``actions`` sampled from ``logp`` at the batch's CoT positions."""
+    def scored_rows(self, n_positions: int) -> torch.Tensor | None:
+        """The positions whose actions get a reward this step: all (None), or ``reward.scored_positions`` of them
+        drawn at random when the reward needs a guide query per action."""
+        budget = self.cfg.reward.scored_positions
+        if budget is None or budget >= n_positions or self.cfg.reward.kind == "match":
+            return None
+        rows = torch.randperm(n_positions, generator=self.generator, device=self.generator.device)[:budget]
+        return rows.sort().values.to(self.device)
+
+    def single_step_rewards(self, batch: CotBatch, logp: torch.Tensor, actions: torch.Tensor,
+                            rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[R, G] rewards of ``actions`` sampled from ``logp`` ([R, V], [R, G]) at the CoT positions ``rows``
+        (indices into ``batch.positions()``; default all)."""
         kind = self.cfg.reward.kind
         a = actions.cpu()
+        rows_list = None if rows is None else rows.tolist()
         if kind == "match":
-            return match_reward(a, batch.targets)
-        g = guide_logprobs_of_actions(self.guide, batch, a, self.tok, self.cfg.reward.floor_logprob)
+            return match_reward(a, batch.targets if rows is None else batch.targets[rows.cpu()])
+        g = guide_logprobs_of_actions(self.guide, batch, a, self.tok, self.cfg.reward.floor_logprob, rows_list)
         if kind == "guide_logprob":
             return guide_logprob_reward(g)
         if kind == "reverse_kl":
@@ -82,15 +94,18 @@ class Learner:
             return self._multistep_loss(batch)
         rc, pc = self.cfg.reward, self.cfg.pg
         logp = self.policy_logprobs(batch)
-        actions = self.sample_actions(logp, rc.samples)
-        rewards = self.single_step_rewards(batch, logp, actions)
+        rows = self.scored_rows(logp.shape[0])
+        logp_r = logp if rows is None else logp[rows]
+        actions = self.sample_actions(logp_r, rc.samples)
+        rewards = self.single_step_rewards(batch, logp_r, actions, rows)
         adv = advantages(rewards, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
-        lp = logp.gather(1, actions)
+        lp = logp_r.gather(1, actions)
         loss = pg_loss(lp, adv.to(lp.device)) + l2_penalty(self.state.time_state, pc.l2)
         targets = batch.targets.to(self.device)
         return loss, {"reward": float(rewards.mean()),
                       "match_argmax": float((logp.detach().argmax(-1) == targets).float().mean()),
-                      "match_sample": float((actions == targets[:, None]).float().mean()),
+                      "match_sample": float((actions == (targets if rows is None else targets[rows])[:, None])
+                                            .float().mean()),
                       "target_logprob": float(logp.detach().gather(1, targets[:, None]).mean()),
                       "positions": int(logp.shape[0])}
 

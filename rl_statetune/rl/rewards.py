@@ -29,30 +29,36 @@ def match_reward(actions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def guide_logprobs_of_actions(guide: Guide, batch: CotBatch, actions: torch.Tensor, tokenizer,
-                              floor: float) -> torch.Tensor:
-    """[P, G] guide log-probabilities of the learner's actions at every CoT position.
+                              floor: float, rows: Sequence[int] | None = None) -> torch.Tensor:
+    """[R, G] guide log-probabilities of the learner's actions ``actions[R, G]`` at the CoT positions ``rows``
+    (indices into ``batch.positions()``; default all P of them, in order).
 
     An action equal to the guide's own token takes the log-probability attributed from the guide's scoring of
     its CoT (no extra call); every other action is scored as text appended to the CoT prefix, all of them in
     one batched ``guide.score`` call.
     """
+    positions = batch.positions()
+    rows = list(range(len(positions))) if rows is None else list(rows)
+    if len(rows) != actions.shape[0]:
+        raise ValueError(f"{actions.shape[0]} rows of actions for {len(rows)} positions")
     targets = batch.targets
     known = batch.guide_lp[batch.mask]
     known_ok = batch.guide_scored[batch.mask]
     out = torch.empty(actions.shape, dtype=torch.float32)
     queries, where = [], []
-    for p, (b, j) in enumerate(batch.positions()):
+    for i, p in enumerate(rows):
+        b, j = positions[p]
         item = batch.items[b]
         prefix = item.cot[: batch.spans[b][j][0]]
         for g in range(actions.shape[1]):
-            a = int(actions[p, g])
+            a = int(actions[i, g])
             if a == int(targets[p]) and bool(known_ok[p]):
-                out[p, g] = float(known[p])
+                out[i, g] = float(known[p])
             else:
                 queries.append(TextQuery(item.guide_prompt, prefix, tokenizer.decode([a]), item.join))
-                where.append((p, g))
-    for (p, g), v in zip(where, score_texts(guide, queries, floor)):
-        out[p, g] = v
+                where.append((i, g))
+    for (i, g), v in zip(where, score_texts(guide, queries, floor)):
+        out[i, g] = v
     return out
 
 
