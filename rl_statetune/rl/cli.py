@@ -28,8 +28,9 @@ def rl_main(args: argparse.Namespace) -> int:
 
         res = run_distributed(cfg, resume=args.resume)
     print(f"\nstate written to {res.out_dir}/state.pth and state.safetensors")
-    print(f"reward {res.reward_first:.4f} -> {res.reward_last:.4f} over {res.steps} steps; held-out accuracy "
-          f"{res.acc_before:.3f} -> {res.acc_after:.3f}")
+    acc = (f"held-out accuracy {res.acc_before:.3f} -> {res.acc_after:.3f}" if cfg.train.eval
+           else "held-out accuracy not evaluated (train.eval: false)")
+    print(f"reward {res.reward_first:.4f} -> {res.reward_last:.4f} over {res.steps} steps; {acc}")
     print(f"guide {res.guide_tokens_per_s:.1f} tok/s, learner {res.learner_tokens_per_s:.1f} tok/s, "
           f"learner waited {res.learner_wait_s:.1f} s, {res.seconds:.0f} s in all")
     return 0
