@@ -44,10 +44,6 @@ def run_check(cfg: GuideConfig, prompts: list[str], continuations: list[str], ma
     }
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rl_statetune_guides.smoke", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="guide YAML (configs/guides/*.yaml) or inline JSON of a guide config")
@@ -66,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             p.error(f"--set expects KEY=VALUE, got {item!r}")
-        raw.setdefault("options", {})[key] = _parse_value(value)
+        raw.setdefault("options", {})[key] = yaml.safe_load(value)
     cfg = GuideConfig.model_validate(raw)
     prompts = args.prompt or ["What is 2+3?"]
     if len(args.continuation) > len(prompts):
