@@ -232,3 +232,33 @@ def test_default_chunk_kernels_compile_for_sm90():
     for regs, spill, smem in (fwd, bwd):
         assert regs is not None and 0 < regs <= 255, (fwd, bwd)
         assert 0 <= smem <= 227 * 1024, (fwd, bwd)
+
+
+def test_model_with_upscaled_state_on_triton_matches_torch_backend(tiny_ckpt):
+    """End to end through the model: two heads, V = N = 16, the lifted state's K = M = 24 (not a power of two),
+    right-padded rows, gradients to S0, S~0 and R. Same float32 model, "triton" vs the CPU "torch" backend."""
+    from conftest import TINY
+
+    from rl_statetune.model import RWKV7, with_backend
+    from rl_statetune.upscale import build_upscaled_state
+
+    model = RWKV7.from_checkpoint(tiny_ckpt, dtype=torch.float32).to(DEVICE)
+    up = build_upscaled_state(model, "rbf", 24, support="random", seed=0).to(DEVICE)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in (up.time_state, up.lifted_state):
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    params = [up.time_state, up.lifted_state] + [lift.decor.R for lift in up.lifts]
+    idx = torch.randint(1, TINY.vocab_size, (2, 21), generator=g).to(DEVICE)
+    lengths = torch.tensor([21, 13], device=DEVICE)
+    valid = (torch.arange(21, device=DEVICE)[None, :] < lengths[:, None])[..., None]
+    weights = torch.randn(2, 21, TINY.vocab_size, generator=g).to(DEVICE) * valid
+
+    def run(backend):
+        with_backend(model, backend)
+        logits, state = model(idx, up.initial_state(model, 2), lengths=lengths)
+        return (logits * valid, state.lifted, torch.autograd.grad((logits * weights).sum(), params))
+
+    got, want = run("triton"), run("torch")
+    for x, ref in [(got[0], want[0]), (got[1], want[1])] + list(zip(got[2], want[2])):
+        assert rel_err(x, ref.detach().double()) < 1e-5
