@@ -1,6 +1,7 @@
 """Triton kernels for the WKV-7 recurrence (imported as ``rl_statetune_kernels``).
 
-- ``wkv7_triton``: differentiable sequence kernel (fixed or variable lengths), gradients to every input and s0.
+- ``wkv7_triton``: differentiable sequence kernel (fixed or variable lengths), gradients to every input and s0;
+  chunked matrix form by default (``chunk_fwd.py``/``chunk_bwd.py``), token loop with ``algorithm="recurrent"``.
 - ``wkv7_triton_decode``: one-token step for generation.
 - ``wkv7_fla``: optional adapter to flash-linear-attention's ``chunk_rwkv7`` (CUDA only).
 
