@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .chunk_fwd import chunk_factors, chunk_scores, load_chunk, unit_lower_inverse
-from .jit_helpers import seq_bounds, state_block
+from .jit_helpers import load_state, seq_bounds, state_block
 from .plan import WKVPlan, backward_buffers, check_runnable, sum_partials
 
 
@@ -43,10 +43,7 @@ def _wkv7_chunk_bwd_kernel(r, logw, k, v, a, b, ckpt, dy, dsT, ds0, dr, dlogw, d
     incl = o_c[:, None] >= o_c[None, :]
     part = i_v.to(tl.int64) * TOTAL_T * H * K                  # this block's slice of the partial-sum buffers
 
-    if HAS_DST:
-        D = tl.load(dsT + i_nh.to(tl.int64) * V * K + o_s, mask=m_s, other=0.).to(tl.float32)
-    else:
-        D = tl.zeros([BV, BK], dtype=tl.float32)
+    D = load_state(dsT, i_nh, o_s, m_s, HAS_DST, V, K, BV, BK)
 
     n_chunks = (eos - bos + CHUNK - 1) // CHUNK
     for j in range(0, n_chunks):

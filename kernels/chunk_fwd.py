@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .jit_helpers import seq_bounds, state_block
+from .jit_helpers import load_state, seq_bounds, state_block
 from .plan import WKVPlan, check_runnable, forward_buffers
 
 
@@ -88,10 +88,7 @@ def _wkv7_chunk_fwd_kernel(r, logw, k, v, a, b, s0, y, sT, ckpt, cu_seqlens, chu
     o_c = tl.arange(0, CHUNK)
     o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
     state_base = i_nh.to(tl.int64) * V * K
-    if HAS_S0:
-        S = tl.load(s0 + state_base + o_s, mask=m_s, other=0.).to(tl.float32)
-    else:
-        S = tl.zeros([BV, BK], dtype=tl.float32)
+    S = load_state(s0, i_nh, o_s, m_s, HAS_S0, V, K, BV, BK)
 
     n_chunks = (eos - bos + CHUNK - 1) // CHUNK
     for i_c in range(0, n_chunks):

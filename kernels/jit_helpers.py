@@ -47,3 +47,14 @@ def state_block(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.
     m_k = o_k < K
     m_v = o_v < V
     return o_k, o_v, m_k, m_v, m_v[:, None] & m_k[None, :], o_v[:, None] * K + o_k[None, :]
+
+
+@triton.jit
+def load_state(ptr, i_nh, o_s, m_s, PRESENT: tl.constexpr, V: tl.constexpr, K: tl.constexpr, BV: tl.constexpr,
+               BK: tl.constexpr):
+    """This program's [BV, BK] block of state ``i_nh`` of a [N * H, V, K] buffer in float32 (zeros if absent)."""
+    if PRESENT:
+        block = tl.load(ptr + i_nh.to(tl.int64) * V * K + o_s, mask=m_s, other=0.).to(tl.float32)
+    else:
+        block = tl.zeros([BV, BK], dtype=tl.float32)
+    return block

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .jit_helpers import load_state, load_token, seq_bounds, state_block, wkv_step
 from .plan import WKVPlan, backward_buffers, check_runnable, sum_partials
-from .jit_helpers import load_token, seq_bounds, state_block, wkv_step
 
 
 @triton.jit(do_not_specialize=["T", "TOTAL_T"])
@@ -41,10 +41,7 @@ def _wkv7_bwd_kernel(r, logw, k, v, a, b, ckpt, dy, dsT, ds0, dr, dlogw, dk, dv,
     slab = scratch + (i_nh.to(tl.int64) * NV + i_v) * (CHUNK * BV * BK)
     part = i_v.to(tl.int64) * TOTAL_T * H * K                 # this block's slice of the partial-sum buffers
 
-    if HAS_DST:
-        D = tl.load(dsT + i_nh.to(tl.int64) * V * K + o_s, mask=m_s, other=0.).to(tl.float32)
-    else:
-        D = tl.zeros([BV, BK], dtype=tl.float32)
+    D = load_state(dsT, i_nh, o_s, m_s, HAS_DST, V, K, BV, BK)
 
     n_chunks = (eos - bos + CHUNK - 1) // CHUNK
     for j in range(0, n_chunks):

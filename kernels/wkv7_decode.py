@@ -6,8 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .plan import check_runnable
 from .jit_helpers import load_token, state_block, wkv_step
+from .plan import check_runnable
 
 
 @triton.jit
