@@ -29,16 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     K, V = args.K, args.V or args.K
     prec = "ieee" if args.dtype == "fp32" else "tf32"
     print(f"# sm_{args.arch}, K={K} V={V} inputs {args.dtype}, tl.dot precision {prec}; ptxas {find_ptxas()}")
-    print("| kernel | chunk | BV | warps | fwd regs | fwd spill B | fwd smem KiB "
-          "| bwd regs | bwd spill B | bwd smem KiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| algorithm | kernel | chunk | BV | warps | registers | spill bytes | shared KiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for algo in ("chunk", "recurrent"):
         for C in (16, 32):
             for BV in (32, 64):
                 for nw in (4, 8):
-                    f, b = kernel_resources(algo, K, V, C, BV, nw, args.arch, args.dtype)
-                    print(f"| {algo} | {C} | {BV} | {nw} | {f[0]} | {f[1]} | {f[2] / 1024:.0f} | "
-                          f"{b[0]} | {b[1]} | {b[2] / 1024:.0f} |", flush=True)
+                    for name, (regs, spill, smem) in kernel_resources(algo, K, V, C, BV, nw, args.arch,
+                                                                      args.dtype).items():
+                        print(f"| {algo} | {name} | {C} | {BV} | {nw} | {regs} | {spill} | {smem / 1024:.0f} |",
+                              flush=True)
 
 if __name__ == "__main__":
     main()

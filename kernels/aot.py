@@ -16,15 +16,19 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .chunk_bwd import _wkv7_chunk_bwd_kernel
-from .chunk_fwd import _wkv7_chunk_fwd_kernel
+from .chunk_bwd import _chunk_adjoint_kernel, _chunk_grads_kernel
+from .chunk_fwd import _chunk_local_kernel, _chunk_output_kernel, _chunk_states_kernel
 from .recurrent_bwd import _wkv7_bwd_kernel
 from .recurrent_fwd import _wkv7_fwd_kernel
 
-FWD_PTRS = "r logw k v a b s0 y sT ckpt cu_seqlens chunk_offsets".split()
-CHUNK_BWD_PTRS = "r logw k v a b ckpt dy dsT ds0 dr dlogw dk dv da db cu_seqlens chunk_offsets".split()
-REC_BWD_PTRS = CHUNK_BWD_PTRS[:-2] + ["scratch", "cu_seqlens", "chunk_offsets"]
-INPUTS = {"r", "logw", "k", "v", "a", "b", "y", "dy"}
+KERNELS = {
+    "chunk": {"local": _chunk_local_kernel, "states": _chunk_states_kernel, "output": _chunk_output_kernel,
+              "adjoint": _chunk_adjoint_kernel, "grads": _chunk_grads_kernel},
+    "recurrent": {"fwd": _wkv7_fwd_kernel, "bwd": _wkv7_bwd_kernel},
+}
+INPUTS = {"r", "logw", "k", "v", "a", "b", "y", "dy"}   # typed as the input dtype; other buffers are fp32
+INDICES = {"chunk_index", "cu_seqlens", "chunk_offsets"}
+SCALARS = {"T", "TOTAL_T"}
 
 
 def find_ptxas() -> str:
@@ -36,12 +40,20 @@ def find_ptxas() -> str:
     return "ptxas"
 
 
-def compile_kernel(fn, ptrs: list[str], ints: list[str], consts: dict, num_warps: int, arch: int, dtype: str):
-    """(registers, spill bytes, shared memory bytes) of one specialisation of ``fn``."""
-    sig = {a: f"*{dtype}" if a in INPUTS else "*fp32" for a in ptrs}     # state and gradient buffers: fp32
-    sig.update({a: "i64" for a in ints})
-    sig.update({k: "constexpr" for k in consts})
-    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+def compile_kernel(fn, consts: dict, num_warps: int, arch: int, dtype: str) -> tuple[int | None, int | None, int]:
+    """(registers, spill bytes, shared memory bytes) of ``fn`` specialised on the constexprs it takes from
+    ``consts``; its other arguments are typed by name (INPUTS, INDICES, SCALARS, else fp32 pointers)."""
+    sig, constexprs = {}, {}
+    for i, param in enumerate(fn.params):
+        name = param.name
+        if param.is_constexpr:
+            sig[name] = "constexpr"
+            constexprs[(i,)] = consts[name]
+        elif name in SCALARS:
+            sig[name] = "i64"
+        else:
+            sig[name] = f"*{dtype}" if name in INPUTS else "*i64" if name in INDICES else "*fp32"
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     with tempfile.TemporaryDirectory() as d:
         ptx = Path(d) / "k.ptx"
@@ -56,19 +68,10 @@ def compile_kernel(fn, ptrs: list[str], ints: list[str], consts: dict, num_warps
 
 
 def kernel_resources(algorithm: str, K: int, V: int, chunk: int, BV: int, num_warps: int, arch: int = 90,
-                     dtype: str = "bf16") -> tuple[tuple, tuple]:
-    """(fwd, bwd) resources of one launch configuration, each (registers, spill bytes, shared memory bytes)."""
-    BK = max(16, triton.next_power_of_2(K))
-    base = dict(H=8, K=K, V=V, BK=BK, BV=BV, CHUNK=chunk, IS_VARLEN=False)
-    if algorithm == "chunk":
-        prec = "ieee" if dtype == "fp32" else "tf32"
-        fwd = compile_kernel(_wkv7_chunk_fwd_kernel, FWD_PTRS, ["T"],
-                             dict(base, HAS_S0=True, STORE_CKPT=True, PREC=prec), num_warps, arch, dtype)
-        bwd = compile_kernel(_wkv7_chunk_bwd_kernel, CHUNK_BWD_PTRS, ["T", "TOTAL_T"],
-                             dict(base, HAS_DY=True, HAS_DST=True, PREC=prec), num_warps, arch, dtype)
-    else:
-        fwd = compile_kernel(_wkv7_fwd_kernel, FWD_PTRS, ["T"], dict(base, HAS_S0=True, STORE_CKPT=True),
-                             num_warps, arch, dtype)
-        bwd = compile_kernel(_wkv7_bwd_kernel, REC_BWD_PTRS, ["T", "TOTAL_T"],
-                             dict(base, NV=triton.cdiv(V, BV), HAS_DY=True, HAS_DST=True), num_warps, arch, dtype)
-    return fwd, bwd
+                     dtype: str = "bf16") -> dict[str, tuple[int | None, int | None, int]]:
+    """Resources (registers, spill bytes, shared memory bytes) of every kernel of ``algorithm`` for one launch
+    configuration (fixed-length batch, both output gradients present)."""
+    consts = dict(H=8, K=K, V=V, BK=max(16, triton.next_power_of_2(K)), BV=BV, NV=triton.cdiv(V, BV),
+                  BVF=max(16, triton.next_power_of_2(V)), CHUNK=chunk, IS_VARLEN=False, HAS_S0=True,
+                  STORE_CKPT=True, HAS_DY=True, HAS_DST=True, PREC="ieee" if dtype == "fp32" else "tf32")
+    return {name: compile_kernel(fn, consts, num_warps, arch, dtype) for name, fn in KERNELS[algorithm].items()}

@@ -1,17 +1,21 @@
-"""Chunked forward Triton kernel of WKV-7: per chunk of C tokens, matrix products instead of a token loop.
+"""Chunked forward Triton kernels of WKV-7: per chunk of C tokens, matrix products instead of a token loop.
 
 Within a chunk starting from state S0 (``docs/wkv.md`` derives it), with cs = cumsum(logw) over the chunk,
 
     A- = a e^{cs - logw}   R- = r e^{cs}   b+ = b e^{-cs}   k+ = k e^{-cs}   B^e, K^e = (b, k) e^{cs_C - cs}
     L_ab = tril(A- b+^T, -1)   L_ak = tril(A- k+^T, -1)   M_rb = tril(R- b+^T)   M_rk = tril(R- k+^T)
-    U   = (I - L_ab)^{-1} (A- S0^T + L_ak V)          the "removal" reads u_t = S_{t-1} a_t of all C tokens
-    Y   = R- S0^T + M_rb U + M_rk V
-    S_C = S0 diag(e^{cs_C}) + U^T B^e + V^T K^e
+    W = (I - L_ab)^{-1} A-     U0 = (I - L_ab)^{-1} L_ak V     Q = R- + M_rb W     Y0 = M_rb U0 + M_rk V
 
-Every product is a ``tl.dot`` on [C, K], [C, C] or [C, BV] tiles; (I - L_ab)^{-1} is built by forward
-substitution on the C x C tile. One program owns rows [i_v*BV, (i_v+1)*BV) of the state of one (sequence, head)
-and walks its chunks in order; positions past a sequence's end load as identity steps (logw = k = v = a = b = 0).
-With ``STORE_CKPT`` it writes S0 of every chunk, which the chunked backward restarts from.
+and then U = W S0^T + U0 (the "removal" reads u_t = S_{t-1} a_t of all C tokens), Y = Q S0^T + Y0 and
+S_C = S0 diag(e^{cs_C}) + U^T B^e + V^T K^e. Three launches, as in fla's chunked kernels:
+
+1. ``_chunk_local_kernel``, one program per (chunk, head), all chunks in parallel: W, U0, Q, Y0 to global memory
+   (fp32, laid out like the inputs). (I - L_ab)^{-1} is built by forward substitution on the C x C tile.
+2. ``_chunk_states_kernel``, one program per (value block, sequence, head), sequential over chunks: three
+   ``tl.dot`` per chunk; writes S0 of every chunk (the checkpoints) and the final state.
+3. ``_chunk_output_kernel``, one program per (chunk, head, value block), in parallel: Y = Q S0^T + Y0.
+
+Positions past a sequence's end load as identity steps (logw = k = v = a = b = 0).
 """
 
 from __future__ import annotations
@@ -76,52 +80,120 @@ def unit_lower_inverse(L, o_c, CHUNK: tl.constexpr):
     return X
 
 
+@triton.jit
+def chunk_position(chunk_index, cu_seqlens, chunk_offsets, i_c, T, CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Sequence, first token and end of sequence of global chunk ``i_c``."""
+    i_n = tl.load(chunk_index + i_c * 2).to(tl.int64)
+    i_local = tl.load(chunk_index + i_c * 2 + 1).to(tl.int64)
+    bos, eos, _ = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK, IS_VARLEN)
+    return i_n, bos + i_local * CHUNK, eos
+
+
+@triton.jit
+def chunk_decays(lw_c, b_c, k_c, o_c, CHUNK: tl.constexpr):
+    """B^e, K^e and e^{cs_C} of one chunk (what the sequential kernels need besides W, U0 or Q)."""
+    cs = tl.cumsum(lw_c, axis=0)
+    cs_last = tl.sum(tl.where(o_c[:, None] == CHUNK - 1, cs, 0.), axis=0)
+    tail = tl.exp(cs_last[None, :] - cs)
+    return b_c * tail, k_c * tail, tl.exp(cs_last)
+
+
 @triton.jit(do_not_specialize=["T"])
-def _wkv7_chunk_fwd_kernel(r, logw, k, v, a, b, s0, y, sT, ckpt, cu_seqlens, chunk_offsets, T,
-                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                           BV: tl.constexpr, CHUNK: tl.constexpr, HAS_S0: tl.constexpr,
-                           STORE_CKPT: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+def _chunk_local_kernel(r, logw, k, v, a, b, W, U0, Q, Y0, chunk_index, cu_seqlens, chunk_offsets, T,
+                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
+                        CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    _, t0, eos = chunk_position(chunk_index, cu_seqlens, chunk_offsets, i_c, T, CHUNK, IS_VARLEN)
+    o_c = tl.arange(0, CHUNK)
+    o_k, o_v, m_k, m_v, _, _ = state_block(0, K, V, BK, BVF)
+    r_c, lw_c, k_c, a_c, b_c, v_c, p_k, p_v, m_ck, m_cv = load_chunk(
+        r, logw, k, v, a, b, t0, eos, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
+    cs, am, rm, bp, kp, be, ke, dec = chunk_factors(r_c, lw_c, k_c, a_c, b_c, o_c, CHUNK)
+    L_ab, L_ak, M_rb, M_rk = chunk_scores(am, rm, bp, kp, o_c, PREC)
+    Tinv = unit_lower_inverse(L_ab, o_c, CHUNK)
+    W_c = tl.dot(Tinv, am, input_precision=PREC)
+    U0_c = tl.dot(Tinv, tl.dot(L_ak, v_c, input_precision=PREC), input_precision=PREC)
+    tl.store(W + p_k, W_c, mask=m_ck)
+    tl.store(U0 + p_v, U0_c, mask=m_cv)
+    tl.store(Q + p_k, rm + tl.dot(M_rb, W_c, input_precision=PREC), mask=m_ck)
+    tl.store(Y0 + p_v, tl.dot(M_rb, U0_c, input_precision=PREC) + tl.dot(M_rk, v_c, input_precision=PREC),
+             mask=m_cv)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _chunk_states_kernel(logw, k, v, b, W, U0, s0, sT, ckpt, cu_seqlens, chunk_offsets, T,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         CHUNK: tl.constexpr, HAS_S0: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0 = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK, IS_VARLEN)
-
     o_c = tl.arange(0, CHUNK)
     o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
-    state_base = i_nh.to(tl.int64) * V * K
     S = load_state(s0, i_nh, o_s, m_s, HAS_S0, V, K, BV, BK)
-
     n_chunks = (eos - bos + CHUNK - 1) // CHUNK
-    for i_c in range(0, n_chunks):
-        t0 = bos + i_c * CHUNK
-        if STORE_CKPT:
-            tl.store(ckpt + ((c0 + i_c) * H + i_h) * V * K + o_s, S, mask=m_s)
-        r_c, lw_c, k_c, a_c, b_c, v_c, p_k, p_v, m_ck, m_cv = load_chunk(
-            r, logw, k, v, a, b, t0, eos, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
-        cs, am, rm, bp, kp, be, ke, dec = chunk_factors(r_c, lw_c, k_c, a_c, b_c, o_c, CHUNK)
-        L_ab, L_ak, M_rb, M_rk = chunk_scores(am, rm, bp, kp, o_c, PREC)
-        Tinv = unit_lower_inverse(L_ab, o_c, CHUNK)
-        S_t = tl.trans(S)                                                            # [BK, BV]
-        Z = tl.dot(am, S_t, input_precision=PREC) + tl.dot(L_ak, v_c, input_precision=PREC)
-        U = tl.dot(Tinv, Z, input_precision=PREC)                                   # [C, BV]
-        Y = (tl.dot(rm, S_t, input_precision=PREC) + tl.dot(M_rb, U, input_precision=PREC)
-             + tl.dot(M_rk, v_c, input_precision=PREC))
-        tl.store(y + p_v, Y.to(y.dtype.element_ty), mask=m_cv)
+    for j in range(0, n_chunks):
+        tl.store(ckpt + ((c0 + j) * H + i_h) * V * K + o_s, S, mask=m_s)
+        rows = bos + j * CHUNK + o_c
+        m_t = rows < eos
+        p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        m_ck = m_t[:, None] & m_k[None, :]
+        m_cv = m_t[:, None] & m_v[None, :]
+        lw_c = tl.load(logw + p_k, mask=m_ck, other=0.).to(tl.float32)
+        b_c = tl.load(b + p_k, mask=m_ck, other=0.).to(tl.float32)
+        k_c = tl.load(k + p_k, mask=m_ck, other=0.).to(tl.float32)
+        v_c = tl.load(v + p_v, mask=m_cv, other=0.).to(tl.float32)
+        be, ke, dec = chunk_decays(lw_c, b_c, k_c, o_c, CHUNK)
+        U = tl.dot(tl.load(W + p_k, mask=m_ck, other=0.), tl.trans(S), input_precision=PREC) + tl.load(
+            U0 + p_v, mask=m_cv, other=0.)
         S = (S * dec[None, :] + tl.dot(tl.trans(U), be, input_precision=PREC)
              + tl.dot(tl.trans(v_c), ke, input_precision=PREC))
+    tl.store(sT + i_nh.to(tl.int64) * V * K + o_s, S, mask=m_s)
 
-    tl.store(sT + state_base + o_s, S, mask=m_s)
+
+@triton.jit(do_not_specialize=["T"])
+def _chunk_output_kernel(Q, Y0, ckpt, y, chunk_index, cu_seqlens, chunk_offsets, T,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+    i_c, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _, t0, eos = chunk_position(chunk_index, cu_seqlens, chunk_offsets, i_c, T, CHUNK, IS_VARLEN)
+    rows = t0 + tl.arange(0, CHUNK)
+    o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
+    m_t = rows < eos
+    p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
+    p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
+    S = tl.load(ckpt + (i_c.to(tl.int64) * H + i_h) * V * K + o_s, mask=m_s, other=0.)
+    Q_c = tl.load(Q + p_k, mask=m_t[:, None] & m_k[None, :], other=0.)
+    Y = tl.dot(Q_c, tl.trans(S), input_precision=PREC) + tl.load(Y0 + p_v, mask=m_t[:, None] & m_v[None, :], other=0.)
+    tl.store(y + p_v, Y.to(y.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+
+
+def local_terms(plan: WKVPlan, r, logw, k, v, a, b):
+    """Launch ``_chunk_local_kernel``: W, Q [total_T, H, K] and U0, Y0 [total_T, H, V], all fp32."""
+    W, Q = (torch.empty(plan.total_T, plan.H, plan.K, device=r.device, dtype=torch.float32) for _ in range(2))
+    U0, Y0 = (torch.empty(plan.total_T, plan.H, plan.V, device=r.device, dtype=torch.float32) for _ in range(2))
+    if plan.n_chunks:
+        _chunk_local_kernel[(plan.n_chunks, plan.H)](
+            r, logw, k, v, a, b, W, U0, Q, Y0, plan.chunk_index, plan.cu_seqlens, plan.chunk_offsets, plan.T,
+            H=plan.H, K=plan.K, V=plan.V, BK=plan.BK, BVF=max(16, triton.next_power_of_2(plan.V)),
+            CHUNK=plan.chunk, IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision, num_warps=plan.num_warps)
+    return W, U0, Q, Y0
 
 
 def wkv7_chunk_fwd(plan: WKVPlan, r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    a: torch.Tensor, b: torch.Tensor, s0: torch.Tensor | None, store_checkpoints: bool):
-    """Launch the chunked forward on contiguous [total_T, H, *] inputs. Returns (y, sT float32, checkpoints)."""
-    check_runnable(_wkv7_chunk_fwd_kernel, r.device)
-    H, K, V = plan.H, plan.K, plan.V
-    y, sT, ckpt = forward_buffers(plan, r, v, store_checkpoints)
-    _wkv7_chunk_fwd_kernel[(plan.NV, plan.N * H)](
-        r, logw, k, v, a, b, s0, y, sT, ckpt, plan.cu_seqlens, plan.chunk_offsets, plan.T,
-        H=H, K=K, V=V, BK=plan.BK, BV=plan.BV, CHUNK=plan.chunk, HAS_S0=s0 is not None,
-        STORE_CKPT=store_checkpoints, IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision,
-        num_warps=plan.num_warps,
-    )
+    """Run the three forward kernels on contiguous [total_T, H, *] inputs. Returns (y, sT float32, checkpoints).
+
+    The checkpoints (chunk-start states) are always computed, since the output kernel reads them."""
+    check_runnable(_chunk_local_kernel, r.device)
+    y, sT, ckpt = forward_buffers(plan, r, v, True)
+    W, U0, Q, Y0 = local_terms(plan, r, logw, k, v, a, b)
+    meta = dict(H=plan.H, K=plan.K, V=plan.V, BK=plan.BK, BV=plan.BV, CHUNK=plan.chunk, IS_VARLEN=plan.is_varlen,
+                PREC=plan.dot_precision, num_warps=plan.num_warps)
+    _chunk_states_kernel[(plan.NV, plan.N * plan.H)](
+        logw, k, v, b, W, U0, s0, sT, ckpt, plan.cu_seqlens, plan.chunk_offsets, plan.T,
+        HAS_S0=s0 is not None, **meta)
+    if plan.n_chunks:
+        _chunk_output_kernel[(plan.n_chunks, plan.H, plan.NV)](
+            Q, Y0, ckpt, y, plan.chunk_index, plan.cu_seqlens, plan.chunk_offsets, plan.T, **meta)
     return y, sT, ckpt

@@ -15,8 +15,8 @@ import triton
 DEFAULT_CHUNK = 16            # tokens per chunk = between state checkpoints (forward) = recompute window (backward)
 ALGORITHMS = ("chunk", "recurrent")
 _MAX_TILE = 4096              # BV * BK elements of state held in registers per program (recurrent kernels)
-_MAX_TILE_CHUNK = 2048        # chunk kernels also hold ~a dozen [C, BK] tiles: at K = 64, BV = 32 and 8 warps the
-                              # sm_90 backward spills 20 bytes, BV = 64 spills 312 (benchmarks/kernel_resources.py)
+_MAX_TILE_CHUNK = 2048        # chunk kernels also hold ~a dozen [C, BK] tiles: at K = 64, BV = 32 and 8 warps no
+                              # sm_90 chunk kernel spills, at BV = 64 the gradient kernel does (kernel_resources.py)
 _TARGET_PROGRAMS = 256        # shrink BV until the grid has about this many programs (GPU occupancy)
 
 
@@ -39,6 +39,7 @@ class WKVPlan:
     n_chunks: int             # checkpoints in total over all sequences
     cu_seqlens: torch.Tensor | None      # int64 [N + 1] on the input device, varlen only
     chunk_offsets: torch.Tensor | None   # int64 [N] first checkpoint index of each sequence, varlen only
+    chunk_index: torch.Tensor | None = None   # int64 [n_chunks, 2] (sequence, chunk within it): chunk algorithm
 
     @property
     def is_varlen(self) -> bool:
@@ -90,6 +91,7 @@ def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Ten
         N, seq_T, total_T = B, T, B * T
         n_chunks = B * triton.cdiv(T, chunk_size)
         cu, offs = None, None
+        per_seq = torch.full((B,), triton.cdiv(T, chunk_size), dtype=torch.int64)
     else:
         if B != 1:
             raise ValueError(f"wkv7_triton: with cu_seqlens the inputs must be packed as [1, total_T, H, K], "
@@ -120,9 +122,17 @@ def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Ten
             raise ValueError(f"wkv7_triton: block_v must be a power of two, got {block_v}")
         BV = block_v
     precision = "ieee" if all(x.dtype == torch.float32 for x in (r, logw, k, v, a, b)) else "tf32"
+    index = _chunk_index(per_seq).to(r.device) if algorithm == "chunk" else None
     return WKVPlan(N=N, T=seq_T, total_T=total_T, H=H, K=K, V=V, BK=BK, BV=BV, NV=triton.cdiv(V, BV),
                    chunk=chunk_size, algorithm=algorithm, dot_precision=precision, n_chunks=n_chunks,
-                   cu_seqlens=cu, chunk_offsets=offs)
+                   cu_seqlens=cu, chunk_offsets=offs, chunk_index=index)
+
+
+def _chunk_index(per_seq: torch.Tensor) -> torch.Tensor:
+    """[n_chunks, 2]: for every chunk in sequence order, its sequence and its index within that sequence."""
+    seq = torch.repeat_interleave(torch.arange(per_seq.numel()), per_seq)
+    first = torch.cumsum(per_seq, 0) - per_seq
+    return torch.stack([seq, torch.arange(seq.numel()) - first[seq]], dim=1).contiguous()
 
 
 def check_runnable(kernel, device: torch.device) -> None:
