@@ -1,4 +1,4 @@
-"""@triton.jit helpers shared by the WKV-7 kernels: sequence bounds, one token's loads, one recurrence step."""
+"""@triton.jit helpers shared by the WKV-7 kernels: sequence bounds, state blocks, one token's loads, one step."""
 
 from __future__ import annotations
 
