@@ -119,7 +119,8 @@ def wkv7(r, logw, k, v, a, b, s0=None, lengths=None, backend: str = "auto", chun
     steps into identity steps. Outputs at padded positions are 0 (Triton) or meaningless (others).
 
     backend: "auto" (Triton on CUDA when available; on CPU the token loop for a few tokens, e.g. decoding,
-    and the chunked path otherwise), "torch", "naive", "triton", "fla".
+    and the chunked path otherwise), "torch", "naive", "triton", "fla". With "triton", a single token without
+    gradients (a decoding step) runs the one-step decode kernel.
     Returns (y [B,T,H,V], final state [B,H,V,K] in float32 or the input's float64).
     """
     _check_shapes(r, logw, k, v, a, b, s0)
@@ -128,6 +129,11 @@ def wkv7(r, logw, k, v, a, b, s0=None, lengths=None, backend: str = "auto", chun
             backend = "triton"
         else:
             backend = "naive" if r.shape[1] <= SHORT_SEQUENCE else "torch"
+    if backend == "triton" and r.shape[1] == 1 and lengths is None and not _needs_grad(r, logw, k, v, a, b, s0):
+        from rl_statetune_kernels import wkv7_triton_decode
+
+        # generation: one fused step, no checkpoints
+        return wkv7_triton_decode(r, logw, k, v, a, b, None if s0 is None else s0.float())
     if lengths is not None and backend == "triton":
         return _triton_packed(r, logw, k, v, a, b, s0, lengths)
     if lengths is not None:
@@ -159,6 +165,10 @@ def _triton_packed(r, logw, k, v, a, b, s0, lengths):
     y_packed, sT = wkv7_triton(*packed, s0, cu_seqlens=cu_seqlens)
     y = y_packed.new_zeros(B * T, H, v.shape[-1]).index_copy(0, keep, y_packed[0])
     return y.view(B, T, H, v.shape[-1]), sT
+
+
+def _needs_grad(*xs) -> bool:
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
 
 
 def _check_shapes(r, logw, k, v, a, b, s0):

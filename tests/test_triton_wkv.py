@@ -188,6 +188,25 @@ def test_dispatcher_triton_backend_packs_lengths_with_gradients():
     assert_all_close(got, want, tol=1e-5)
 
 
+def test_dispatcher_decodes_single_tokens_with_the_decode_kernel(monkeypatch):
+    """T = 1 without gradients (generation) takes the one-step kernel; with gradients the sequence kernels."""
+    B, H, K, V = 2, 2, 16, 24
+    inputs = make_inputs(seed=51, B=B, T=1, H=H, K=K, V=V)
+    y_ref, s_ref = wkv7_naive(*inputs)
+    x32 = [x.to(DEVICE, torch.float32) for x in inputs]
+    calls = []
+    decode = kernels.wkv7_triton_decode
+    monkeypatch.setattr(kernels, "wkv7_triton_decode", lambda *a, **kw: calls.append(1) or decode(*a, **kw))
+    with torch.no_grad():
+        y, sT = wkv7(*x32, backend="triton")
+    assert calls == [1] and y.shape == (B, 1, H, V) and sT.dtype == torch.float32
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(sT, s_ref) < 1e-5
+    s0 = x32[6].clone().requires_grad_()
+    y, sT = wkv7(*x32[:6], s0, backend="triton")
+    (y.sum() + sT.sum()).backward()
+    assert calls == [1] and s0.grad is not None
+
+
 def test_bad_inputs_raise_clear_errors():
     x = torch.zeros(2, 4, 1, 16, device=DEVICE)
     with pytest.raises(ValueError, match="logw has shape"):
