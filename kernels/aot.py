@@ -73,5 +73,6 @@ def kernel_resources(algorithm: str, K: int, V: int, chunk: int, BV: int, num_wa
     configuration (fixed-length batch, both output gradients present)."""
     consts = dict(H=8, K=K, V=V, BK=max(16, triton.next_power_of_2(K)), BV=BV, NV=triton.cdiv(V, BV),
                   BVF=max(16, triton.next_power_of_2(V)), CHUNK=chunk, IS_VARLEN=False, HAS_S0=True,
-                  STORE_CKPT=True, HAS_DY=True, HAS_DST=True, PREC="ieee" if dtype == "fp32" else "tf32")
+                  STORE_CKPT=True, HAS_DY=True, HAS_DST=True, WITH_VALUES=True,
+                  PREC="ieee" if dtype == "fp32" else "tf32")
     return {name: compile_kernel(fn, consts, num_warps, arch, dtype) for name, fn in KERNELS[algorithm].items()}

@@ -33,6 +33,7 @@ from .chunk_fwd import (
     chunk_factors,
     chunk_position,
     chunk_scores,
+    chunk_tile,
     load_chunk,
     local_terms,
     unit_lower_inverse,
@@ -56,18 +57,14 @@ def _chunk_adjoint_kernel(logw, b, W, Q, dy, dsT, ds0, dend, cu_seqlens, chunk_o
     for j in range(0, n_chunks):
         i_c = n_chunks - 1 - j
         tl.store(dend + ((c0 + i_c) * H + i_h) * V * K + o_s, D, mask=m_s)
-        rows = bos + i_c * CHUNK + o_c
-        m_t = rows < eos
-        p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        m_ck = m_t[:, None] & m_k[None, :]
+        p_k, p_v, m_ck, m_cv = chunk_tile(bos + i_c * CHUNK, eos, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
         lw_c = tl.load(logw + p_k, mask=m_ck, other=0.).to(tl.float32)
         b_c = tl.load(b + p_k, mask=m_ck, other=0.).to(tl.float32)
         be, _, dec = chunk_decays(lw_c, b_c, b_c, o_c, CHUNK)
         step = tl.dot(tl.dot(D, tl.trans(be), input_precision=PREC), tl.load(W + p_k, mask=m_ck, other=0.),
                       input_precision=PREC)
         if HAS_DY:
-            p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
-            dY = tl.load(dy + p_v, mask=m_t[:, None] & m_v[None, :], other=0.).to(tl.float32)
+            dY = tl.load(dy + p_v, mask=m_cv, other=0.).to(tl.float32)
             step += tl.dot(tl.trans(dY), tl.load(Q + p_k, mask=m_ck, other=0.), input_precision=PREC)
         D = D * dec[None, :] + step
     tl.store(ds0 + i_nh.to(tl.int64) * V * K + o_s, D, mask=m_s)
@@ -140,7 +137,7 @@ def wkv7_chunk_bwd(plan: WKVPlan, r, logw, k, v, a, b, ckpt: torch.Tensor, dy: t
     check_runnable(_chunk_grads_kernel, r.device)
     partial, dv, ds0 = backward_buffers(plan, r.device)
     dr, dlogw, dk, da, db = partial
-    W, _, Q, _ = local_terms(plan, r, logw, k, v, a, b)
+    W, _, Q, _ = local_terms(plan, r, logw, k, v, a, b, with_values=False)
     dend = torch.empty_like(ckpt)
     meta = dict(H=plan.H, K=plan.K, V=plan.V, BK=plan.BK, BV=plan.BV, CHUNK=plan.chunk, HAS_DY=dy is not None,
                 IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision, num_warps=plan.num_warps)

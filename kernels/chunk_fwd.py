@@ -29,15 +29,20 @@ from .plan import WKVPlan, check_runnable, forward_buffers
 
 
 @triton.jit
-def load_chunk(r, logw, k, v, a, b, t0, eos, i_h, o_c, o_k, o_v, m_k, m_v,
-               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr):
-    """Tokens [t0, t0 + C) of one head as float32 tiles ([C, BK] and v [C, BV]); rows at or past eos are 0."""
+def chunk_tile(t0, eos, i_h, o_c, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr):
+    """Offsets and masks of tokens [t0, t0 + C) of head ``i_h``: key-sized [C, BK] and value-sized [C, BV] tiles."""
     rows = t0 + o_c
     m_t = rows < eos
     p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
     p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
-    m_ck = m_t[:, None] & m_k[None, :]
-    m_cv = m_t[:, None] & m_v[None, :]
+    return p_k, p_v, m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
+
+
+@triton.jit
+def load_chunk(r, logw, k, v, a, b, t0, eos, i_h, o_c, o_k, o_v, m_k, m_v,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr):
+    """Tokens [t0, t0 + C) of one head as float32 tiles ([C, BK] and v [C, BV]); rows at or past eos are 0."""
+    p_k, p_v, m_ck, m_cv = chunk_tile(t0, eos, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
     r_c = tl.load(r + p_k, mask=m_ck, other=0.).to(tl.float32)
     lw_c = tl.load(logw + p_k, mask=m_ck, other=0.).to(tl.float32)
     k_c = tl.load(k + p_k, mask=m_ck, other=0.).to(tl.float32)
@@ -82,9 +87,14 @@ def unit_lower_inverse(L, o_c, CHUNK: tl.constexpr):
 
 @triton.jit
 def chunk_position(chunk_index, cu_seqlens, chunk_offsets, i_c, T, CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """Sequence, first token and end of sequence of global chunk ``i_c``."""
-    i_n = tl.load(chunk_index + i_c * 2).to(tl.int64)
-    i_local = tl.load(chunk_index + i_c * 2 + 1).to(tl.int64)
+    """Sequence, first token and end of sequence of global chunk ``i_c`` (varlen: from the host's chunk_index)."""
+    if IS_VARLEN:
+        i_n = tl.load(chunk_index + i_c * 2).to(tl.int64)
+        i_local = tl.load(chunk_index + i_c * 2 + 1).to(tl.int64)
+    else:
+        per_seq = (T + CHUNK - 1) // CHUNK
+        i_n = (i_c // per_seq).to(tl.int64)
+        i_local = (i_c % per_seq).to(tl.int64)
     bos, eos, _ = seq_bounds(cu_seqlens, chunk_offsets, i_n, T, CHUNK, IS_VARLEN)
     return i_n, bos + i_local * CHUNK, eos
 
@@ -101,7 +111,8 @@ def chunk_decays(lw_c, b_c, k_c, o_c, CHUNK: tl.constexpr):
 @triton.jit(do_not_specialize=["T"])
 def _chunk_local_kernel(r, logw, k, v, a, b, W, U0, Q, Y0, chunk_index, cu_seqlens, chunk_offsets, T,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
-                        CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+                        CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+                        WITH_VALUES: tl.constexpr):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     _, t0, eos = chunk_position(chunk_index, cu_seqlens, chunk_offsets, i_c, T, CHUNK, IS_VARLEN)
     o_c = tl.arange(0, CHUNK)
@@ -112,12 +123,13 @@ def _chunk_local_kernel(r, logw, k, v, a, b, W, U0, Q, Y0, chunk_index, cu_seqle
     L_ab, L_ak, M_rb, M_rk = chunk_scores(am, rm, bp, kp, o_c, PREC)
     Tinv = unit_lower_inverse(L_ab, o_c, CHUNK)
     W_c = tl.dot(Tinv, am, input_precision=PREC)
-    U0_c = tl.dot(Tinv, tl.dot(L_ak, v_c, input_precision=PREC), input_precision=PREC)
     tl.store(W + p_k, W_c, mask=m_ck)
-    tl.store(U0 + p_v, U0_c, mask=m_cv)
     tl.store(Q + p_k, rm + tl.dot(M_rb, W_c, input_precision=PREC), mask=m_ck)
-    tl.store(Y0 + p_v, tl.dot(M_rb, U0_c, input_precision=PREC) + tl.dot(M_rk, v_c, input_precision=PREC),
-             mask=m_cv)
+    if WITH_VALUES:
+        U0_c = tl.dot(Tinv, tl.dot(L_ak, v_c, input_precision=PREC), input_precision=PREC)
+        tl.store(U0 + p_v, U0_c, mask=m_cv)
+        tl.store(Y0 + p_v, tl.dot(M_rb, U0_c, input_precision=PREC) + tl.dot(M_rk, v_c, input_precision=PREC),
+                 mask=m_cv)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -133,12 +145,7 @@ def _chunk_states_kernel(logw, k, v, b, W, U0, s0, sT, ckpt, cu_seqlens, chunk_o
     n_chunks = (eos - bos + CHUNK - 1) // CHUNK
     for j in range(0, n_chunks):
         tl.store(ckpt + ((c0 + j) * H + i_h) * V * K + o_s, S, mask=m_s)
-        rows = bos + j * CHUNK + o_c
-        m_t = rows < eos
-        p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
-        m_ck = m_t[:, None] & m_k[None, :]
-        m_cv = m_t[:, None] & m_v[None, :]
+        p_k, p_v, m_ck, m_cv = chunk_tile(bos + j * CHUNK, eos, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
         lw_c = tl.load(logw + p_k, mask=m_ck, other=0.).to(tl.float32)
         b_c = tl.load(b + p_k, mask=m_ck, other=0.).to(tl.float32)
         k_c = tl.load(k + p_k, mask=m_ck, other=0.).to(tl.float32)
@@ -157,26 +164,26 @@ def _chunk_output_kernel(Q, Y0, ckpt, y, chunk_index, cu_seqlens, chunk_offsets,
                          CHUNK: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     i_c, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, eos = chunk_position(chunk_index, cu_seqlens, chunk_offsets, i_c, T, CHUNK, IS_VARLEN)
-    rows = t0 + tl.arange(0, CHUNK)
     o_k, o_v, m_k, m_v, m_s, o_s = state_block(i_v, K, V, BK, BV)
-    m_t = rows < eos
-    p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
-    p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
+    p_k, p_v, m_ck, m_cv = chunk_tile(t0, eos, i_h, tl.arange(0, CHUNK), o_k, o_v, m_k, m_v, H, K, V)
     S = tl.load(ckpt + (i_c.to(tl.int64) * H + i_h) * V * K + o_s, mask=m_s, other=0.)
-    Q_c = tl.load(Q + p_k, mask=m_t[:, None] & m_k[None, :], other=0.)
-    Y = tl.dot(Q_c, tl.trans(S), input_precision=PREC) + tl.load(Y0 + p_v, mask=m_t[:, None] & m_v[None, :], other=0.)
-    tl.store(y + p_v, Y.to(y.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+    Y = (tl.dot(tl.load(Q + p_k, mask=m_ck, other=0.), tl.trans(S), input_precision=PREC)
+         + tl.load(Y0 + p_v, mask=m_cv, other=0.))
+    tl.store(y + p_v, Y.to(y.dtype.element_ty), mask=m_cv)
 
 
-def local_terms(plan: WKVPlan, r, logw, k, v, a, b):
-    """Launch ``_chunk_local_kernel``: W, Q [total_T, H, K] and U0, Y0 [total_T, H, V], all fp32."""
+def local_terms(plan: WKVPlan, r, logw, k, v, a, b, with_values: bool = True):
+    """Launch ``_chunk_local_kernel``: W, Q [total_T, H, K] and U0, Y0 [total_T, H, V], all fp32. Without
+    ``with_values`` (the backward needs only W and Q) U0 and Y0 are neither computed nor allocated (None)."""
     W, Q = (torch.empty(plan.total_T, plan.H, plan.K, device=r.device, dtype=torch.float32) for _ in range(2))
-    U0, Y0 = (torch.empty(plan.total_T, plan.H, plan.V, device=r.device, dtype=torch.float32) for _ in range(2))
+    U0, Y0 = ((torch.empty(plan.total_T, plan.H, plan.V, device=r.device, dtype=torch.float32) for _ in range(2))
+              if with_values else (None, None))
     if plan.n_chunks:
         _chunk_local_kernel[(plan.n_chunks, plan.H)](
             r, logw, k, v, a, b, W, U0, Q, Y0, plan.chunk_index, plan.cu_seqlens, plan.chunk_offsets, plan.T,
             H=plan.H, K=plan.K, V=plan.V, BK=plan.BK, BVF=max(16, triton.next_power_of_2(plan.V)),
-            CHUNK=plan.chunk, IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision, num_warps=plan.num_warps)
+            CHUNK=plan.chunk, IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision, WITH_VALUES=with_values,
+            num_warps=plan.num_warps)
     return W, U0, Q, Y0
 
 

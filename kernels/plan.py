@@ -39,7 +39,7 @@ class WKVPlan:
     n_chunks: int             # checkpoints in total over all sequences
     cu_seqlens: torch.Tensor | None      # int64 [N + 1] on the input device, varlen only
     chunk_offsets: torch.Tensor | None   # int64 [N] first checkpoint index of each sequence, varlen only
-    chunk_index: torch.Tensor | None = None   # int64 [n_chunks, 2] (sequence, chunk within it): chunk algorithm
+    chunk_index: torch.Tensor | None = None   # int64 [n_chunks, 2] (sequence, chunk within it): varlen chunk kernels
 
     @property
     def is_varlen(self) -> bool:
@@ -91,7 +91,6 @@ def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Ten
         N, seq_T, total_T = B, T, B * T
         n_chunks = B * triton.cdiv(T, chunk_size)
         cu, offs = None, None
-        per_seq = torch.full((B,), triton.cdiv(T, chunk_size), dtype=torch.int64)
     else:
         if B != 1:
             raise ValueError(f"wkv7_triton: with cu_seqlens the inputs must be packed as [1, total_T, H, K], "
@@ -122,7 +121,7 @@ def make_plan(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: torch.Ten
             raise ValueError(f"wkv7_triton: block_v must be a power of two, got {block_v}")
         BV = block_v
     precision = "ieee" if all(x.dtype == torch.float32 for x in (r, logw, k, v, a, b)) else "tf32"
-    index = _chunk_index(per_seq).to(r.device) if algorithm == "chunk" else None
+    index = _chunk_index(per_seq).to(r.device) if algorithm == "chunk" and cu is not None else None
     return WKVPlan(N=N, T=seq_T, total_T=total_T, H=H, K=K, V=V, BK=BK, BV=BV, NV=triton.cdiv(V, BV),
                    chunk=chunk_size, algorithm=algorithm, dot_precision=precision, n_chunks=n_chunks,
                    cu_seqlens=cu, chunk_offsets=offs, chunk_index=index)
