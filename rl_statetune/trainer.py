@@ -37,6 +37,17 @@ def load_model(path: str, dtype: str = "float32", backend: str = "auto") -> RWKV
     return model
 
 
+def start_run(cfg) -> tuple[Path, RWKV7, WorldTokenizer, list[Example], list[Example]]:
+    """What a tuning run (supervised, RL, distributed RL) starts from: its output folder (created), the frozen
+    model, the tokenizer, and the train / held-out examples. ``cfg`` has ``model``, ``data`` and ``train.out_dir``."""
+    out = Path(cfg.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.wkv_backend)
+    tok = WorldTokenizer()
+    train, held = load_examples(cfg.data)
+    return out, model, tok, train, held
+
+
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
     """Linear warm-up, then geometric decay from lr to lr_final (RWKV-PEFT's state-tuning schedule)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -114,11 +125,7 @@ class BatchOrder:
 def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate: bool = True) -> TuneResult:
     t_start = time.time()
     torch.manual_seed(cfg.train.seed)
-    out = Path(cfg.train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.wkv_backend)
-    tok = WorldTokenizer()
-    train, held = load_examples(cfg.data)
+    out, model, tok, train, held = start_run(cfg)
     fmt = cfg.data.target_format if cfg.data.task == "synthetic" else None
     state = make_tunable(model, tok, train, cfg)
     opt = torch.optim.AdamW(tunable_param_groups(state, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas,

@@ -25,7 +25,6 @@ from typing import Any
 
 from rl_statetune_guides import GuideConfig
 
-from rl_statetune.data import load_examples
 from rl_statetune.rl.config import RLConfig, load_rl_config
 from rl_statetune.rl.guides import resolve_guide_config
 from rl_statetune.rl.outputs import (
@@ -179,16 +178,11 @@ class RayRun:
 
 def run_distributed(cfg: RLConfig, resume: bool = False) -> RLResult:
     """Train with ``distributed.num_learners`` learners; writes the same files as ``rl_statetune.rl.loop``."""
-    from rl_statetune.tokenizer import WorldTokenizer
-    from rl_statetune.trainer import load_model
+    from rl_statetune.trainer import start_run
 
     t_start = time.time()
-    out = Path(cfg.train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, model, tok, _, held = start_run(cfg)      # the driver evaluates; learners load their own copies
     steps, N = cfg.train.steps, cfg.distributed.num_learners
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.wkv_backend)  # the driver evaluates
-    tok = WorldTokenizer()
-    _, held = load_examples(cfg.data)
     held = held[: cfg.train.eval_size] if cfg.train.eval_size else held
     saved = load_checkpoint(out, cfg) if resume else None
     run = RayRun(cfg, out)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 from rl_statetune_guides import Guide, build_guide
 from tqdm.auto import tqdm
 
-from rl_statetune.data import load_examples
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.guides import resolve_guide_config
 from rl_statetune.rl.learner import GUIDE_SCORED_REWARDS, Learner
@@ -28,8 +26,7 @@ from rl_statetune.rl.outputs import (
     window_means,
 )
 from rl_statetune.rl.source import NEEDS_COT_SCORES, CotSource
-from rl_statetune.tokenizer import WorldTokenizer
-from rl_statetune.trainer import load_model
+from rl_statetune.trainer import start_run
 
 log = logging.getLogger("rl_statetune.rl")
 
@@ -38,11 +35,7 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
     """Tune the state with guide rewards. ``guide`` overrides ``cfg.guide`` (e.g. an already loaded model)."""
     t_start = time.time()
     torch.manual_seed(cfg.train.seed)
-    out = Path(cfg.train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.wkv_backend)
-    tok = WorldTokenizer()
-    train, held = load_examples(cfg.data)
+    out, model, tok, train, held = start_run(cfg)
     held = held[: cfg.train.eval_size] if cfg.train.eval_size else held
     own_guide = guide is None
     if own_guide:
