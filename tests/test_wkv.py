@@ -24,6 +24,28 @@ def test_chunked_matches_naive_float64(T, chunk, K, V):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, msg=name)
 
 
+@pytest.mark.parametrize("T,chunk", [(1, 32), (50, 8), (64, 16)])
+def test_state_only_gradient_matches_naive_float64(T, chunk):
+    """Only s0 needs a gradient (the lean path without an autograd graph over the precompute). B*H = 6 and
+    T = 50, chunk 8 give 7 chunks in precompute blocks of 5 and 2; the loss y.sum() has an expanded gradient."""
+    xs = make_inputs(T + chunk, 2, T, 3, 16, 12)
+    s0 = xs[6].requires_grad_()
+    y1, s1 = wkv7_naive(*xs)
+    y2, s2 = wkv7_chunked(*xs, chunk_size=chunk)
+    for loss_of in (lambda y, s: (y * y1.detach().cos()).sum() + (s ** 2).sum(), lambda y, s: y.sum()):
+        g1, = torch.autograd.grad(loss_of(y1, s1), s0, retain_graph=True)
+        g2, = torch.autograd.grad(loss_of(y2, s2), s0, retain_graph=True)
+        torch.testing.assert_close(g2, g1, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s2, s1, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():                                  # inference: same values, nothing kept
+        y3, s3 = wkv7_chunked(*xs[:6], chunk_size=chunk)
+        y4, s4 = wkv7_naive(*xs[:6])
+    assert not y3.requires_grad
+    torch.testing.assert_close(y3, y4, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s3, s4, rtol=1e-10, atol=1e-10)
+
+
 def test_chunked_float32_close_to_float64():
     xs = make_inputs(7, 2, 100, 2, 32, 32)
     y1, s1 = wkv7_naive(*xs)
