@@ -53,30 +53,41 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_fwd_bwd(fn: Callable, inputs: list[torch.Tensor], s0: torch.Tensor, device: str, repeats: int,
-                 all_grads: bool = False) -> Result:
-    """Median wall time of forward + backward of <y, 1> + <sT, 1> w.r.t. s0 (and every input if all_grads)."""
+def fwd_bwd_step(fn: Callable, inputs: list[torch.Tensor], s0: torch.Tensor, all_grads: bool) -> Callable:
+    """One forward + backward of <y, 1> + <sT, 1> w.r.t. s0 (and every input if all_grads)."""
     def step():
         s = s0.detach().requires_grad_()
         xs = [x.detach().requires_grad_(all_grads) for x in inputs]
         y, sT = fn(*xs, s)
         (y.float().sum() + sT.sum()).backward()
         return s.grad
+    return step
 
-    step()                                             # warm-up (Triton compile, allocator)
-    _sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    times = []
+
+def time_interleaved(steps: dict[str, Callable], device: str, repeats: int, stat: str) -> dict[str, Result]:
+    """Wall time of each step, the back ends taking turns within every repeat (A B A B ...) so that a noisy
+    host slows them alike; `stat` (median or min) over the repeats. On CUDA also the peak memory of one step."""
+    peaks: dict[str, float | None] = {}
+    for name, step in steps.items():
+        step()                                         # warm-up (Triton compile, allocator)
+        peaks[name] = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            torch.cuda.synchronize()
+            peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else None
-    return Result(statistics.median(times), peak)
+        for name, step in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    reduce = statistics.median if stat == "median" else min
+    return {name: Result(reduce(ts), peaks[name]) for name, ts in times.items()}
 
 
 def make_inputs(B: int, T: int, H: int, K: int, V: int, device: str, dtype: torch.dtype):
@@ -117,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="run the naive loop only up to this T; longer rows are extrapolated linearly from the "
                         "longest measured T (default: 1024 on CPU, 4096 on CUDA)")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="statistic over the repeats; min is the steadier one on a shared, noisy host")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--all-grads", action="store_true", help="also backpropagate to r, logw, k, v, a, b")
@@ -138,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"# device={device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'})"
           f" torch={torch.__version__} dtype={args.dtype} K={K} V={V} chunk={args.chunk} repeats={repeats}"
-          f" grads={'all inputs + s0' if args.all_grads else 's0'}")
+          f" grads={'all inputs + s0' if args.all_grads else 's0'} stat={args.stat} (back ends interleaved)")
     print("# throughput: B*H*T (head, token) pairs per second of forward + backward; "
           "fwd GFLOP / IO MB: chunked-form cost model (backward ~2x forward)")
     cols = ["T", "B*H", "fwd GFLOP", "IO MB"] + [f"{n} ktok/s" for n in names]
@@ -157,15 +170,14 @@ def main(argv: list[str] | None = None) -> None:
         naive_rate: float | None = None                      # seconds per token at the longest measured T
         for T in Ts:
             inputs, s0 = make_inputs(B, T, H, K, V, device, dtype)
-            res: dict[str, Result] = {}
-            for name, fn in fns.items():
-                if name == "naive" and T > naive_max_T:
-                    est = naive_rate * T if naive_rate is not None else None
-                    res[name] = Result(est, None, "~")
-                    continue
-                res[name] = time_fwd_bwd(fn, inputs, s0, device, repeats, args.all_grads)
-                if name == "naive":
-                    naive_rate = res[name].seconds / T
+            skip_naive = T > naive_max_T
+            steps = {name: fwd_bwd_step(fn, inputs, s0, args.all_grads) for name, fn in fns.items()
+                     if not (name == "naive" and skip_naive)}
+            res = time_interleaved(steps, device, repeats, args.stat)
+            if "naive" in names and skip_naive:
+                res["naive"] = Result(naive_rate * T if naive_rate is not None else None, None, "~")
+            elif "naive" in names:
+                naive_rate = res["naive"].seconds / T
             flops, bytes_ = chunked_cost(T, BH, K, V, args.chunk)
             row = [str(T), str(BH), f"{flops / 1e9:.2f}", f"{bytes_ / 2**20:.1f}"]
             for n in names:

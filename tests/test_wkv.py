@@ -69,3 +69,19 @@ def test_shape_errors_are_clear():
         wkv7(xs[0], xs[1][:, :3], *xs[2:])
     with pytest.raises(ValueError, match="unknown WKV backend"):
         wkv7(*xs, backend="cuda")
+
+
+def test_benchmark_script_runs_and_prints_its_table():
+    """benchmarks/wkv.py is not a test, but it must not rot: a tiny CPU run prints one row per (T, B*H)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "wkv.py"
+    out = subprocess.run([sys.executable, str(script), "--device", "cpu", "--T", "8", "40", "--BH", "2",
+                          "--K", "8", "--repeats", "1", "--naive-max-T", "8", "--stat", "min"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r[0].strip() for r in rows] == ["T", "8", "40"]
+    ratio = dict(zip((c.strip() for c in rows[0]), (c.strip() for c in rows[2])))["chunked/naive"]
+    assert ratio.startswith("~") and ratio.endswith("x")      # T = 40 extrapolates the naive loop from T = 8
