@@ -18,6 +18,7 @@ from triton.compiler import ASTSource
 
 from .chunk_bwd import _chunk_adjoint_kernel, _chunk_grads_kernel
 from .chunk_fwd import _chunk_local_kernel, _chunk_output_kernel, _chunk_states_kernel
+from .plan import FP_FUSION
 from .recurrent_bwd import _wkv7_bwd_kernel
 from .recurrent_fwd import _wkv7_fwd_kernel
 
@@ -54,7 +55,8 @@ def compile_kernel(fn, consts: dict, num_warps: int, arch: int, dtype: str) -> t
         else:
             sig[name] = f"*{dtype}" if name in INPUTS else "*i64" if name in INDICES else "*fp32"
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    options = {"num_warps": num_warps, "enable_fp_fusion": FP_FUSION}
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.TemporaryDirectory() as d:
         ptx = Path(d) / "k.ptx"
         ptx.write_text(compiled.asm["ptx"])
@@ -68,11 +70,16 @@ def compile_kernel(fn, consts: dict, num_warps: int, arch: int, dtype: str) -> t
 
 
 def kernel_resources(algorithm: str, K: int, V: int, chunk: int, BV: int, num_warps: int, arch: int = 90,
-                     dtype: str = "bf16") -> dict[str, tuple[int | None, int | None, int]]:
+                     dtype: str = "bf16", **flags: bool) -> dict[str, tuple[int | None, int | None, int]]:
     """Resources (registers, spill bytes, shared memory bytes) of every kernel of ``algorithm`` for one launch
-    configuration (fixed-length batch, both output gradients present)."""
+    configuration: by default a fixed-length batch with an initial state and both output gradients; ``flags``
+    overrides the kernels' boolean constexprs (IS_VARLEN, HAS_S0, STORE_CKPT, HAS_DY, HAS_DST, WITH_VALUES)."""
     consts = dict(H=8, K=K, V=V, BK=max(16, triton.next_power_of_2(K)), BV=BV, NV=triton.cdiv(V, BV),
                   BVF=max(16, triton.next_power_of_2(V)), CHUNK=chunk, IS_VARLEN=False, HAS_S0=True,
                   STORE_CKPT=True, HAS_DY=True, HAS_DST=True, WITH_VALUES=True,
                   PREC="ieee" if dtype == "fp32" else "tf32")
+    unknown = set(flags) - {"IS_VARLEN", "HAS_S0", "STORE_CKPT", "HAS_DY", "HAS_DST", "WITH_VALUES"}
+    if unknown:
+        raise ValueError(f"kernel_resources: unknown flags {sorted(unknown)}")
+    consts.update(flags)
     return {name: compile_kernel(fn, consts, num_warps, arch, dtype) for name, fn in KERNELS[algorithm].items()}

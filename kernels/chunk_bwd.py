@@ -39,7 +39,7 @@ from .chunk_fwd import (
     unit_lower_inverse,
 )
 from .jit_helpers import load_state, seq_bounds, state_block
-from .plan import WKVPlan, backward_buffers, check_runnable, sum_partials
+from .plan import FP_FUSION, WKVPlan, backward_buffers, check_runnable, sum_partials
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -140,7 +140,8 @@ def wkv7_chunk_bwd(plan: WKVPlan, r, logw, k, v, a, b, ckpt: torch.Tensor, dy: t
     W, _, Q, _ = local_terms(plan, r, logw, k, v, a, b, with_values=False)
     dend = torch.empty_like(ckpt)
     meta = dict(H=plan.H, K=plan.K, V=plan.V, BK=plan.BK, BV=plan.BV, CHUNK=plan.chunk, HAS_DY=dy is not None,
-                IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision, num_warps=plan.num_warps)
+                IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision, num_warps=plan.num_warps,
+                enable_fp_fusion=FP_FUSION)
     _chunk_adjoint_kernel[(plan.NV, plan.N * plan.H)](
         logw, b, W, Q, dy, dsT, ds0, dend, plan.cu_seqlens, plan.chunk_offsets, plan.T,
         HAS_DST=dsT is not None, **meta)

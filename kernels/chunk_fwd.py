@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .jit_helpers import load_state, seq_bounds, state_block
-from .plan import WKVPlan, check_runnable, forward_buffers
+from .plan import FP_FUSION, WKVPlan, check_runnable, forward_buffers
 
 
 @triton.jit
@@ -183,7 +183,7 @@ def local_terms(plan: WKVPlan, r, logw, k, v, a, b, with_values: bool = True):
             r, logw, k, v, a, b, W, U0, Q, Y0, plan.chunk_index, plan.cu_seqlens, plan.chunk_offsets, plan.T,
             H=plan.H, K=plan.K, V=plan.V, BK=plan.BK, BVF=max(16, triton.next_power_of_2(plan.V)),
             CHUNK=plan.chunk, IS_VARLEN=plan.is_varlen, PREC=plan.dot_precision, WITH_VALUES=with_values,
-            num_warps=plan.num_warps)
+            num_warps=plan.num_warps, enable_fp_fusion=FP_FUSION)
     return W, U0, Q, Y0
 
 
@@ -196,7 +196,7 @@ def wkv7_chunk_fwd(plan: WKVPlan, r: torch.Tensor, logw: torch.Tensor, k: torch.
     y, sT, ckpt = forward_buffers(plan, r, v, True)
     W, U0, Q, Y0 = local_terms(plan, r, logw, k, v, a, b)
     meta = dict(H=plan.H, K=plan.K, V=plan.V, BK=plan.BK, BV=plan.BV, CHUNK=plan.chunk, IS_VARLEN=plan.is_varlen,
-                PREC=plan.dot_precision, num_warps=plan.num_warps)
+                PREC=plan.dot_precision, num_warps=plan.num_warps, enable_fp_fusion=FP_FUSION)
     _chunk_states_kernel[(plan.NV, plan.N * plan.H)](
         logw, k, v, b, W, U0, s0, sT, ckpt, plan.cu_seqlens, plan.chunk_offsets, plan.T,
         HAS_S0=s0 is not None, **meta)

@@ -18,6 +18,8 @@ _MAX_TILE = 4096              # BV * BK elements of state held in registers per 
 _MAX_TILE_CHUNK = 2048        # chunk kernels also hold ~a dozen [C, BK] tiles: at K = 64, BV = 32 and 8 warps no
                               # sm_90 chunk kernel spills, at BV = 64 the gradient kernel does (kernel_resources.py)
 _TARGET_PROGRAMS = 256        # shrink BV until the grid has about this many programs (GPU occupancy)
+FP_FUSION = True              # let the compiler fuse a * b + c into FMAs. Passed at every launch: Triton 3.9 warns when
+                              # it is left unset and 3.10 changes its default to off (slower, different rounding)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .jit_helpers import load_state, load_token, seq_bounds, state_block, wkv_step
-from .plan import WKVPlan, backward_buffers, check_runnable, sum_partials
+from .plan import FP_FUSION, WKVPlan, backward_buffers, check_runnable, sum_partials
 
 
 @triton.jit(do_not_specialize=["T", "TOTAL_T"])
@@ -107,6 +107,6 @@ def wkv7_bwd(plan: WKVPlan, r, logw, k, v, a, b, ckpt: torch.Tensor, dy: torch.T
         r, logw, k, v, a, b, ckpt, dy, dsT, ds0, dr, dlogw, dk, dv, da, db, scratch,
         plan.cu_seqlens, plan.chunk_offsets, plan.T, plan.total_T,
         H=H, K=K, V=V, BK=plan.BK, BV=plan.BV, NV=NV, CHUNK=plan.chunk, HAS_DY=dy is not None,
-        HAS_DST=dsT is not None, IS_VARLEN=plan.is_varlen, num_warps=plan.num_warps,
+        HAS_DST=dsT is not None, IS_VARLEN=plan.is_varlen, num_warps=plan.num_warps, enable_fp_fusion=FP_FUSION,
     )
     return (*sum_partials(partial), dv, ds0)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .jit_helpers import load_state, load_token, seq_bounds, state_block, wkv_step
-from .plan import WKVPlan, check_runnable, forward_buffers
+from .plan import FP_FUSION, WKVPlan, check_runnable, forward_buffers
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -55,6 +55,6 @@ def wkv7_fwd(plan: WKVPlan, r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor
     _wkv7_fwd_kernel[grid](
         r, logw, k, v, a, b, s0, y, sT, ckpt, plan.cu_seqlens, plan.chunk_offsets, plan.T,
         H=H, K=K, V=V, BK=plan.BK, BV=plan.BV, CHUNK=plan.chunk, HAS_S0=s0 is not None,
-        STORE_CKPT=store_checkpoints, IS_VARLEN=plan.is_varlen, num_warps=plan.num_warps,
+        STORE_CKPT=store_checkpoints, IS_VARLEN=plan.is_varlen, num_warps=plan.num_warps, enable_fp_fusion=FP_FUSION,
     )
     return y, sT, ckpt

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .jit_helpers import load_token, state_block, wkv_step
-from .plan import check_runnable
+from .plan import FP_FUSION, check_runnable
 
 
 @triton.jit
@@ -72,5 +72,6 @@ def wkv7_triton_decode(r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor, v: 
     BV = min(max(16, triton.next_power_of_2(V)), max(16, 4096 // BK))
     grid = (triton.cdiv(V, BV), Bsz * H)
     _wkv7_decode_kernel[grid](r, logw, k, v, a, b, s_in, s_out, y, H=H, K=K, V=V, BK=BK, BV=BV,
-                              num_warps=4 if BV * BK <= 2048 else 8)
+                              num_warps=4 if BV * BK <= 2048 else 8,
+                              enable_fp_fusion=FP_FUSION)
     return (y.unsqueeze(1) if with_time else y), s_out

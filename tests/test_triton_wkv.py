@@ -255,6 +255,34 @@ def test_default_chunk_kernels_compile_for_sm90():
         assert 0 <= smem <= 227 * 1024, resources
 
 
+@pytest.mark.slow
+def test_every_flag_combination_compiles_for_sm90_bf16_and_sm80_fp32():
+    """Each boolean constexpr (varlen, initial state, which output gradients, checkpoints, values) changes the
+    code the GPU compiler sees, and the interpreter never compiles it. Every combination of every kernel, at an
+    irregular K = 24, V = 40, must go through Triton's compiler and ptxas (~2 min)."""
+    code = """
+import itertools, json
+from rl_statetune_kernels.aot import kernel_resources
+failed = []
+for algo, varlen, s0, dy, dst, ckpt, values in itertools.product(
+        ["chunk", "recurrent"], *[[False, True]] * 6):
+    if not (dy or dst):
+        continue                       # the backward always has at least one output gradient
+    for dtype, arch in [("bf16", 90), ("fp32", 80)]:
+        try:
+            res = kernel_resources(algo, 24, 40, 16, 32, 8, arch, dtype, IS_VARLEN=varlen, HAS_S0=s0, HAS_DY=dy,
+                                   HAS_DST=dst, STORE_CKPT=ckpt, WITH_VALUES=values)
+            assert all(regs and smem <= 227 * 1024 for regs, _, smem in res.values()), res
+        except Exception as e:
+            failed.append([algo, varlen, s0, dy, dst, ckpt, values, dtype, repr(e)[:500]])
+print(json.dumps(failed))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
 def test_model_with_upscaled_state_on_triton_matches_torch_backend(tiny_ckpt):
     """End to end through the model: two heads, V = N = 16, the lifted state's K = M = 24 (not a power of two),
     right-padded rows, gradients to S0, S~0 and R. Same float32 model, "triton" vs the CPU "torch" backend."""
