@@ -21,11 +21,13 @@ from .chunk_fwd import _chunk_local_kernel, _chunk_output_kernel, _chunk_states_
 from .plan import FP_FUSION
 from .recurrent_bwd import _wkv7_bwd_kernel
 from .recurrent_fwd import _wkv7_fwd_kernel
+from .wkv7_decode import _wkv7_decode_kernel
 
 KERNELS = {
     "chunk": {"local": _chunk_local_kernel, "states": _chunk_states_kernel, "output": _chunk_output_kernel,
               "adjoint": _chunk_adjoint_kernel, "grads": _chunk_grads_kernel},
     "recurrent": {"fwd": _wkv7_fwd_kernel, "bwd": _wkv7_bwd_kernel},
+    "decode": {"step": _wkv7_decode_kernel},
 }
 INPUTS = {"r", "logw", "k", "v", "a", "b", "y", "dy"}   # typed as the input dtype; other buffers are fp32
 INDICES = {"chunk_index", "cu_seqlens", "chunk_offsets"}

@@ -258,14 +258,14 @@ def test_default_chunk_kernels_compile_for_sm90():
 @pytest.mark.slow
 def test_every_flag_combination_compiles_for_sm90_bf16_and_sm80_fp32():
     """Each boolean constexpr (varlen, initial state, which output gradients, checkpoints, values) changes the
-    code the GPU compiler sees, and the interpreter never compiles it. Every combination of every kernel, at an
-    irregular K = 24, V = 40, must go through Triton's compiler and ptxas (~2 min)."""
+    code the GPU compiler sees, and the interpreter never compiles it. Every combination of every kernel (the
+    decode step too), at an irregular K = 24, V = 40, must go through Triton's compiler and ptxas (~2 min)."""
     code = """
 import itertools, json
 from rl_statetune_kernels.aot import kernel_resources
 failed = []
 for algo, varlen, s0, dy, dst, ckpt, values in itertools.product(
-        ["chunk", "recurrent"], *[[False, True]] * 6):
+        ["chunk", "recurrent", "decode"], *[[False, True]] * 6):
     if not (dy or dst):
         continue                       # the backward always has at least one output gradient
     for dtype, arch in [("bf16", 90), ("fp32", 80)]:
@@ -311,3 +311,45 @@ def test_model_with_upscaled_state_on_triton_matches_torch_backend(tiny_ckpt):
     got, want = run("triton"), run("torch")
     for x, ref in [(got[0], want[0]), (got[1], want[1])] + list(zip(got[2], want[2])):
         assert rel_err(x, ref.detach().double()) < 1e-5
+
+
+def test_benchmark_cuda_branch_prints_every_column(monkeypatch, capsys):
+    """benchmarks/wkv.py's CUDA branch (triton, triton-rec, fla columns, the fla ratio, peak memory) has to work
+    the first time a GPU session runs it. On CPU: the kernels in the interpreter, torch.cuda's timing and memory
+    calls stubbed, and a stand-in fla module whose chunk_rwkv7 is our recurrent kernel."""
+    import importlib.util
+    import pathlib
+    import types
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "wkv.py"
+    spec = importlib.util.spec_from_file_location("bench_wkv", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_wkv", bench)          # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    if DEVICE == "cpu":
+        for name, value in [("synchronize", None), ("reset_peak_memory_stats", None), ("memory_allocated", 0),
+                            ("max_memory_allocated", 5 * 2**20), ("get_device_name", "stub")]:
+            monkeypatch.setattr(torch.cuda, name, lambda *a, _v=value: _v)
+        make = bench.make_inputs
+        monkeypatch.setattr(bench, "make_inputs", lambda B, T, H, K, V, _dev, dt: make(B, T, H, K, V, "cpu", dt))
+        fla = types.ModuleType("fla")
+        fla.ops = types.ModuleType("fla.ops")
+        fla.ops.rwkv7 = types.ModuleType("fla.ops.rwkv7")
+        monkeypatch.setitem(sys.modules, "fla", fla)
+        monkeypatch.setitem(sys.modules, "fla.ops", fla.ops)
+        monkeypatch.setitem(sys.modules, "fla.ops.rwkv7", fla.ops.rwkv7)
+        monkeypatch.setattr(kernels, "wkv7_fla", lambda *xs: kernels.wkv7_triton(*xs, algorithm="recurrent"))
+    bench.main(["--device", "cuda", "--T", "8", "12", "--BH", "1", "--K", "8", "--repeats", "1",
+                "--naive-max-T", "8"])
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    header, *body = rows
+    expected = ["triton ktok/s", "triton-rec ktok/s", "triton/naive", "triton MiB"]
+    if "fla" in sys.modules or importlib.util.find_spec("fla") is not None:      # a real GPU may lack fla
+        expected += ["fla ktok/s", "triton time / fla", "fla MiB"]
+    for col in expected:
+        assert col in header, header
+    assert [r[0] for r in body] == ["8", "12"] and all(len(r) == len(header) for r in body)
+    cell = dict(zip(header, body[1]))
+    assert cell["naive MiB"] == "-" and cell["triton/naive"].startswith("~")   # T = 12 extrapolates the loop
+    assert "fla ktok/s" not in header or float(cell["triton time / fla"]) > 0
