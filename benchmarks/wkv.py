@@ -99,15 +99,17 @@ def make_inputs(B: int, T: int, H: int, K: int, V: int, device: str, dtype: torc
     return [x.to(device, dtype) for x in xs], (0.1 * rnd(B, H, V, K)).to(device)
 
 
-def backends(device: str, chunk: int) -> dict[str, Callable]:
+def backends(device: str, chunk: int, triton_chunk: int | None = None, block_v: int | None = None
+             ) -> dict[str, Callable]:
     fns: dict[str, Callable] = {
         "chunked": lambda r, w, k, v, a, b, s: wkv7_chunked(r, w, k, v, a, b, s, chunk_size=chunk),
         "naive": wkv7_naive,
     }
     if device == "cuda":
         from rl_statetune_kernels import wkv7_fla, wkv7_triton
-        fns["triton"] = wkv7_triton                                            # chunked kernels (default)
-        fns["triton-rec"] = lambda *xs: wkv7_triton(*xs, algorithm="recurrent")  # token-loop kernels
+        tune = {"block_v": block_v} | ({"chunk_size": triton_chunk} if triton_chunk else {})
+        fns["triton"] = lambda *xs: wkv7_triton(*xs, **tune)                                   # chunked kernels
+        fns["triton-rec"] = lambda *xs: wkv7_triton(*xs, algorithm="recurrent", block_v=block_v)  # token loop
         try:
             import fla.ops.rwkv7  # noqa: F401
             fns["fla"] = wkv7_fla
@@ -123,7 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--BH", type=int, nargs="+", default=[8, 64], help="B*H values (H = 8 heads per row)")
     p.add_argument("--K", type=int, default=64)
     p.add_argument("--V", type=int, default=None, help="value dim (default K)")
-    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK)
+    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="chunk of the torch chunked path")
+    p.add_argument("--triton-chunk", type=int, default=None, help="chunk of the Triton chunk kernels (default: theirs)")
+    p.add_argument("--block-v", type=int, default=None, help="value block of the Triton kernels (default: planned)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="run only these back ends (chunked, naive, triton, triton-rec, fla), e.g. to tune the kernels")
     p.add_argument("--naive-max-T", type=int, default=None,
                    help="run the naive loop only up to this T; longer rows are extrapolated linearly from the "
                         "longest measured T (default: 1024 on CPU, 4096 on CUDA)")
@@ -146,18 +152,25 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (2 if args.quick else 3)
     naive_max_T = args.naive_max_T or (1024 if device == "cpu" else 4096)
     dtype = getattr(torch, args.dtype)
-    fns = backends(device, args.chunk)
+    fns = backends(device, args.chunk, args.triton_chunk, args.block_v)
+    if args.only:
+        unknown = set(args.only) - set(fns)
+        if unknown:
+            p.error(f"--only: {sorted(unknown)} not available here; choose from {sorted(fns)}")
+        fns = {name: fn for name, fn in fns.items() if name in args.only}
     names = list(fns)
 
-    print(f"# device={device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'})"
-          f" torch={torch.__version__} dtype={args.dtype} K={K} V={V} chunk={args.chunk} repeats={repeats}"
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"# device={device} ({where})"
+          f" torch={torch.__version__} dtype={args.dtype} K={K} V={V} chunk={args.chunk}"
+          f" triton chunk={args.triton_chunk or 'default'} block_v={args.block_v or 'planned'} repeats={repeats}"
           f" grads={'all inputs + s0' if args.all_grads else 's0'} stat={args.stat} (back ends interleaved)")
     print("# throughput: B*H*T (head, token) pairs per second of forward + backward; "
           "fwd GFLOP / IO MB: chunked-form cost model (backward ~2x forward)")
     cols = ["T", "B*H", "fwd GFLOP", "IO MB"] + [f"{n} ktok/s" for n in names]
     if "naive" in names:
         cols += [f"{n}/naive" for n in names if n != "naive"]
-    if "fla" in names:
+    if "fla" in names and "triton" in names:
         cols += ["triton time / fla"]
     if device == "cuda":
         cols += [f"{n} MiB" for n in names]
@@ -186,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             if "naive" in names and res["naive"].seconds is not None:
                 row += [f"{res['naive'].note}{res['naive'].seconds / res[n].seconds:.1f}x"
                         for n in names if n != "naive"]
-            if "fla" in names:
+            if "fla" in names and "triton" in names:
                 row.append(f"{res['triton'].seconds / res['fla'].seconds:.2f}")
             if device == "cuda":
                 row += ["-" if res[n].peak_mib is None else f"{res[n].peak_mib:.0f}" for n in names]

@@ -353,3 +353,12 @@ def test_benchmark_cuda_branch_prints_every_column(monkeypatch, capsys):
     cell = dict(zip(header, body[1]))
     assert cell["naive MiB"] == "-" and cell["triton/naive"].startswith("~")   # T = 12 extrapolates the loop
     assert "fla ktok/s" not in header or float(cell["triton time / fla"]) > 0
+
+    # the tuning form a GPU session uses: only the kernels, a chosen chunk and value block
+    bench.main(["--device", "cuda", "--T", "40", "--BH", "1", "--K", "8", "--V", "24", "--repeats", "1",
+                "--only", "triton", "--triton-chunk", "32", "--block-v", "16"])
+    out = capsys.readouterr().out
+    assert "triton chunk=32 block_v=16" in out
+    header, row = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()
+                   if line.startswith("| ") and "---" not in line]
+    assert header == ["T", "B*H", "fwd GFLOP", "IO MB", "triton ktok/s", "triton MiB"] and row[0] == "40"

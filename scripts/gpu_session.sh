@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The kernels' GPU checks, for a session that is lent a GPU machine (the library's device tool). That machine
+# has torch, triton, transformers, einops and pytest but reaches no package index, so this project, fla-core
+# and rwkv travel as wheels in .whl/ (git-ignored). Each stage fits the tool's 10 minutes.
+#
+#   bash scripts/gpu_session.sh prepare                  # here: build / download the wheels into .whl/
+#   run(command="bash scripts/gpu_session.sh tests", carry=[".whl"])    # CUDA tests of kernels, fla, model
+#   run(command="bash scripts/gpu_session.sh bench", carry=[".whl"])    # benchmarks/wkv.py, bf16 and fp32
+#   run(command="bash scripts/gpu_session.sh tune", carry=[".whl"])     # chunk x block_v of the kernels, T = 4096
+#
+# Logs go to $OUT (the tool brings them back). Record the figures in docs/kernels.md.
+set -euo pipefail
+
+FLA_CORE="fla-core==0.6.0"
+RWKV="rwkv==0.8.32"
+out="${OUT:-/tmp/gpu_session}"
+
+install() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+    mkdir -p "$out"
+    python3 - <<'EOF' | tee "$out/env.txt"
+import torch, triton
+print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda)
+print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE")
+EOF
+}
+
+case "${1:-}" in
+prepare)
+    rm -rf .whl && mkdir -p .whl
+    python -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+    python -m pip download -q --no-deps --only-binary=:all: -d .whl "$FLA_CORE" "$RWKV"
+    ls -l .whl
+    ;;
+tests)
+    install
+    # test_fla_backend compares our kernels with fla's chunk_rwkv7 on CUDA; test_model_exactness runs the model
+    python3 -m pytest -q -p no:cacheprovider tests/test_triton_wkv.py tests/test_fla_backend.py tests/test_wkv.py \
+        tests/test_model_exactness.py tests/test_upscale.py 2>&1 | tee "$out/tests.txt"
+    ;;
+bench)
+    install
+    python3 benchmarks/wkv.py --dtype bfloat16 2>&1 | tee "$out/bench_bf16.txt"
+    python3 benchmarks/wkv.py --dtype float32 --BH 64 2>&1 | tee "$out/bench_fp32.txt"
+    python3 benchmarks/wkv.py --dtype bfloat16 --all-grads --T 4096 --only triton fla 2>&1 | tee "$out/bench_allgrads.txt"
+    ;;
+tune)
+    install
+    # fla's own figure is in bench_bf16.txt; block_v above 32 at K = 64 exceeds the chunk kernels' tile limit
+    for chunk in 16 32 64; do
+        for bv in 16 32; do
+            python3 benchmarks/wkv.py --dtype bfloat16 --T 4096 --BH 8 64 --only triton \
+                --triton-chunk "$chunk" --block-v "$bv" 2>&1 | tee -a "$out/tune.txt" || echo "chunk $chunk bv $bv failed"
+        done
+    done
+    ;;
+*)
+    sed -n '2,10p' "$0"
+    exit 2
+    ;;
+esac
