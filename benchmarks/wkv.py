@@ -161,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     names = list(fns)
 
     where = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} threads"
+    kernels = (f" triton chunk={args.triton_chunk or 'default'} block_v={args.block_v or 'planned'}"
+               if device == "cuda" else "")
     print(f"# device={device} ({where})"
-          f" torch={torch.__version__} dtype={args.dtype} K={K} V={V} chunk={args.chunk}"
-          f" triton chunk={args.triton_chunk or 'default'} block_v={args.block_v or 'planned'} repeats={repeats}"
+          f" torch={torch.__version__} dtype={args.dtype} K={K} V={V} chunk={args.chunk}{kernels} repeats={repeats}"
           f" grads={'all inputs + s0' if args.all_grads else 's0'} stat={args.stat} (back ends interleaved)")
     print("# throughput: B*H*T (head, token) pairs per second of forward + backward; "
           "fwd GFLOP / IO MB: chunked-form cost model (backward ~2x forward)")
