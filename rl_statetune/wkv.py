@@ -159,6 +159,7 @@ def wkv7_chunked(r, logw, k, v, a, b, s0=None, chunk_size: int = DEFAULT_CHUNK):
     B, T, H, K = r.shape
     V = v.shape[-1]
     cdt = torch.float64 if r.dtype == torch.float64 else torch.float32
+    chunk_size = max(1, min(chunk_size, T))      # a short sequence is one chunk of its own length, no padding
     n = max(1, math.ceil(T / chunk_size))
     chunks = [_to_chunks(x.to(cdt), n, chunk_size) for x in (r, logw, k, v, a, b)]
     S = r.new_zeros(B * H, V, K, dtype=cdt) if s0 is None else s0.to(cdt).reshape(B * H, V, K)
