@@ -150,7 +150,8 @@ class _StateOnlyChunked(torch.autograd.Function):
 
 def wkv7_chunked(r, logw, k, v, a, b, s0=None, chunk_size: int = DEFAULT_CHUNK):
     """Chunked matrix form (see module docstring). Autograd flows to every input, s0 included; when only s0
-    needs it (or nothing does) a lean path keeps no graph over the precompute.
+    needs it (or nothing does) a lean path keeps no graph over the precompute. ``chunk_size`` is the largest
+    chunk: the sequence is cut into ceil(T / chunk_size) chunks of near-equal length (T = 40 runs as 2 x 20).
 
     The factors e^{+-cs} span e^{chunk_size * max|logw|}; with RWKV-7's |logw| <= 0.61 and chunk 32 that is
     about 3e8, well inside float32 (measured: 2e-7 relative error vs float64). Computation runs in float32 at
@@ -159,8 +160,8 @@ def wkv7_chunked(r, logw, k, v, a, b, s0=None, chunk_size: int = DEFAULT_CHUNK):
     B, T, H, K = r.shape
     V = v.shape[-1]
     cdt = torch.float64 if r.dtype == torch.float64 else torch.float32
-    chunk_size = max(1, min(chunk_size, T))      # a short sequence is one chunk of its own length, no padding
     n = max(1, math.ceil(T / chunk_size))
+    chunk_size = max(1, math.ceil(T / n))        # n near-equal chunks: padding < n steps, not up to a whole chunk
     chunks = [_to_chunks(x.to(cdt), n, chunk_size) for x in (r, logw, k, v, a, b)]
     S = r.new_zeros(B * H, V, K, dtype=cdt) if s0 is None else s0.to(cdt).reshape(B * H, V, K)
     if _needs_grad(r, logw, k, v, a, b):
