@@ -94,63 +94,91 @@ def _block_size(n, BH):
     return max(1, min(n, _BLOCK_PAIRS // BH))
 
 
-def _sweep(S, chunks):
-    """Block by block: precompute the chunk terms, then run the short sequential pass over the block's chunks.
-    S [BH, V, K]; chunks: the six inputs as [n, BH, C, *]. Returns (y [n, BH, C, V], final S). Differentiable."""
-    n, BH = chunks[0].shape[:2]
-    G = _block_size(n, BH)
-    ys = []
-    for c0 in range(0, n, G):
-        g = min(G, n - c0)
-        block = [x[c0:c0 + g].reshape(g * BH, *x.shape[2:]) for x in chunks]
-        Q, Y0, P, E = (t.unflatten(0, (g, BH)) for t in _chunk_terms(*block))
-        for j in range(g):
-            ys.append(torch.baddbmm(Y0[j], Q[j], S.transpose(-1, -2)))
-            S = torch.baddbmm(E[j], S, P[j])
-    return torch.stack(ys), S
+class _ChunkedWKV(torch.autograd.Function):
+    """The chunked form with a hand-written backward. The forward keeps no autograd graph: block by block it
+    computes the chunk terms, then writes y and the next state in place. What it keeps depends on the gradients
+    asked for:
 
+    * only s0 (state tuning's first layer, whose inputs come from frozen weights): Q_c and P_c. With chunk c
+      taking S_c to S_{c+1} = S_c P_c + E_c, the backward is the adjoint chain dS_c = dS_{c+1} P_c^T + dY_c^T Q_c
+      (y and the final state are affine in s0);
+    * the inputs too (the layers after the first): the chunk-start states S_c. The backward walks the blocks in
+      reverse, recomputes each block's terms under autograd, runs the chain by hand (dQ_c = dY_c S_c,
+      dP_c = S_c^T dS_{c+1}, dE_c = dS_{c+1}) and backpropagates into that block alone. Memory stays near the
+      inputs' size instead of the ~6x that a graph over every block's intermediates holds, at about the same
+      speed (docs/wkv.md).
 
-class _StateOnlyChunked(torch.autograd.Function):
-    """The chunked form when only the initial state needs a gradient (state tuning's first layer, evaluation).
-
-    No autograd graph over the precompute, outputs written in place: the forward keeps only Q_c and P_c, and
-    the backward is the adjoint chain dS_c = dS_{c+1} P_c^T + dY_c^T Q_c (y and the final state are affine in
-    S0)."""
+    First-order gradients only (no double backward)."""
 
     @staticmethod
     def forward(ctx, s0, *chunks):
         n, BH, C = chunks[0].shape[:3]
         G = _block_size(n, BH)
+        ctx.inputs_grad = any(ctx.needs_input_grad[1:])
+        keep_qp = ctx.needs_input_grad[0] and not ctx.inputs_grad
         y = chunks[3].new_empty(n, BH, C, chunks[3].shape[-1])
-        S, kept, keep = s0, [], ctx.needs_input_grad[0]
+        states = s0.new_empty(n, *s0.shape) if ctx.inputs_grad else None
+        S, kept = s0, []
         for c0 in range(0, n, G):
             g = min(G, n - c0)
-            block = [x[c0:c0 + g].reshape(g * BH, *x.shape[2:]) for x in chunks]
-            Q, Y0, P, E = (t.unflatten(0, (g, BH)) for t in _chunk_terms(*block))
+            Q, Y0, P, E = (t.unflatten(0, (g, BH)) for t in _chunk_terms(*_block(chunks, c0, g)))
             for j in range(g):
+                if states is not None:
+                    states[c0 + j] = S
                 torch.baddbmm(Y0[j], Q[j], S.transpose(-1, -2), out=y[c0 + j])
                 S = E[j].baddbmm_(S, P[j])
-            if keep:
+            if keep_qp:
                 kept += [Q, P]
-        ctx.save_for_backward(*kept)
+        if ctx.inputs_grad:
+            ctx.save_for_backward(states, *chunks)
+        else:
+            ctx.save_for_backward(*kept)
         return y, S
 
     @staticmethod
     def backward(ctx, dy, dsT):
-        kept = ctx.saved_tensors
         dy = dy.contiguous()
-        dS = dsT if dsT is not None else dy.new_zeros(dy.shape[1], dy.shape[-1], kept[0].shape[-1])
-        c = dy.shape[0]
-        for Q, P in reversed(list(zip(kept[::2], kept[1::2]))):
-            for j in reversed(range(Q.shape[0])):
-                c -= 1
+        dS = dsT                                 # autograd passes zeros for an unused output
+        if not ctx.inputs_grad:
+            kept, c = ctx.saved_tensors, dy.shape[0]
+            for Q, P in reversed(list(zip(kept[::2], kept[1::2]))):
+                for j in reversed(range(Q.shape[0])):
+                    c -= 1
+                    dS = torch.bmm(dS, P[j].transpose(-1, -2)).baddbmm_(dy[c].transpose(-1, -2), Q[j])
+            return (dS,) + (None,) * 6
+
+        states, *chunks = ctx.saved_tensors
+        n, BH, C = chunks[0].shape[:3]
+        G = _block_size(n, BH)
+        grads = [torch.empty_like(x) for x in chunks]
+        for c0 in reversed(range(0, n, G)):
+            g = min(G, n - c0)
+            block = [x.detach().requires_grad_() for x in _block(chunks, c0, g)]
+            with torch.enable_grad():
+                terms = _chunk_terms(*block)
+            Q, _, P, E = (t.detach().unflatten(0, (g, BH)) for t in terms)
+            dQ, dP, dE = torch.empty_like(Q), torch.empty_like(P), torch.empty_like(E)
+            for j in reversed(range(g)):
+                c, Sc = c0 + j, states[c0 + j]
+                torch.bmm(dy[c], Sc, out=dQ[j])                                  # y_c = Y0 + Q S_c^T
+                torch.bmm(Sc.transpose(-1, -2), dS, out=dP[j])                   # S_{c+1} = S_c P + E
+                dE[j] = dS
                 dS = torch.bmm(dS, P[j].transpose(-1, -2)).baddbmm_(dy[c].transpose(-1, -2), Q[j])
-        return (dS,) + (None,) * 6
+            d_terms = [dQ.flatten(0, 1), dy[c0:c0 + g].flatten(0, 1), dP.flatten(0, 1), dE.flatten(0, 1)]
+            for out, d in zip(grads, torch.autograd.grad(terms, block, d_terms)):
+                out[c0:c0 + g] = d.unflatten(0, (g, BH))
+        return (dS if ctx.needs_input_grad[0] else None,
+                *(d if need else None for d, need in zip(grads, ctx.needs_input_grad[1:])))
+
+
+def _block(chunks, c0, g):
+    """Chunks c0 .. c0+g-1 of each [n, BH, C, *] input as one [g * BH, C, *] batch (a view)."""
+    return [x[c0:c0 + g].flatten(0, 1) for x in chunks]
 
 
 def wkv7_chunked(r, logw, k, v, a, b, s0=None, chunk_size: int = DEFAULT_CHUNK):
-    """Chunked matrix form (see module docstring). Autograd flows to every input, s0 included; when only s0
-    needs it (or nothing does) a lean path keeps no graph over the precompute. ``chunk_size`` is the largest
+    """Chunked matrix form (see module docstring). Differentiable in every input and s0, through the
+    hand-written backward of ``_ChunkedWKV`` (first order). ``chunk_size`` is the largest
     chunk: the sequence is cut into ceil(T / chunk_size) chunks of near-equal length (T = 40 runs as 2 x 20).
 
     The factors e^{+-cs} span e^{chunk_size * max|logw|}; with RWKV-7's |logw| <= 0.61 and chunk 32 that is
@@ -164,10 +192,7 @@ def wkv7_chunked(r, logw, k, v, a, b, s0=None, chunk_size: int = DEFAULT_CHUNK):
     chunk_size = max(1, math.ceil(T / n))        # n near-equal chunks: padding < n steps, not up to a whole chunk
     chunks = [_to_chunks(x.to(cdt), n, chunk_size) for x in (r, logw, k, v, a, b)]
     S = r.new_zeros(B * H, V, K, dtype=cdt) if s0 is None else s0.to(cdt).reshape(B * H, V, K)
-    if _needs_grad(r, logw, k, v, a, b):
-        y, S = _sweep(S, chunks)
-    else:
-        y, S = _StateOnlyChunked.apply(S, *chunks)
+    y, S = _ChunkedWKV.apply(S, *chunks)
     y = y.view(n, B, H, chunk_size, V).permute(1, 0, 3, 2, 4).reshape(B, n * chunk_size, H, V)[:, :T]
     return y.to(r.dtype), S.view(B, H, V, K)
 

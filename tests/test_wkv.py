@@ -46,6 +46,22 @@ def test_state_only_gradient_matches_naive_float64(T, chunk):
     torch.testing.assert_close(s3, s4, rtol=1e-10, atol=1e-10)
 
 
+def test_gradients_to_some_inputs_and_one_output_match_naive_float64():
+    """The recomputing backward with gradients asked for only some inputs (others get None), s0 without one,
+    and a loss on y alone or on the final state alone."""
+    xs = make_inputs(11, 2, 45, 3, 16, 12)
+    for loss_of in (lambda y, s: (y * y.detach().sin()).sum(), lambda y, s: (s ** 3).sum()):
+        grads = []
+        for fn in (wkv7_naive, lambda *z: wkv7_chunked(*z, chunk_size=8)):
+            ins = [x.clone().requires_grad_(i in (1, 3)) for i, x in enumerate(xs)]       # logw and v only
+            y, s = fn(*ins)
+            loss_of(y, s).backward()
+            assert all(x.grad is None for i, x in enumerate(ins) if i not in (1, 3))
+            grads.append([ins[1].grad, ins[3].grad])
+        for got, want in zip(grads[1], grads[0]):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
 def test_chunked_float32_close_to_float64():
     xs = make_inputs(7, 2, 100, 2, 32, 32)
     y1, s1 = wkv7_naive(*xs)
