@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kernels' GPU checks, for a session that is lent a GPU machine (the library's device tool). That machine
-# has torch, triton, transformers, einops and pytest but reaches no package index, so this project, fla-core
-# and rwkv travel as wheels in .whl/ (git-ignored). Each stage fits the tool's 10 minutes.
+# has torch, triton, transformers, einops and pytest but reaches no package index, so this project and the
+# few packages it lacks travel as wheels in .whl/ (git-ignored). Each stage fits the tool's 10 minutes.
 #
 #   bash scripts/gpu_session.sh prepare                  # here: build / download the wheels into .whl/
 #   run(command="bash scripts/gpu_session.sh tests", carry=[".whl"])    # CUDA tests of kernels, fla, model
@@ -11,8 +11,10 @@
 # Logs go to $OUT (the tool brings them back). Record the figures in docs/kernels.md.
 set -euo pipefail
 
-FLA_CORE="fla-core==0.6.0"
-RWKV="rwkv==0.8.32"
+# not on the GPU image (its package list is in the device tool's KINDS.md): fla-core for the comparison, rwkv for
+# the exactness tests, pydantic for the configs that the upscale test's tuning run reads
+WHEELS=("fla-core==0.6.0" "rwkv==0.8.32" "pydantic==2.13.4" "pydantic-core==2.46.4" "annotated-types==0.7.0"
+        "typing-inspection==0.4.2")
 out="${OUT:-/tmp/gpu_session}"
 
 install() {
@@ -30,7 +32,9 @@ case "${1:-}" in
 prepare)
     rm -rf .whl && mkdir -p .whl
     python -m pip wheel -q --no-deps --no-build-isolation -w .whl .
-    python -m pip download -q --no-deps --only-binary=:all: -d .whl "$FLA_CORE" "$RWKV"
+    # the GPU machine runs CPython 3.12 on x86-64 (pydantic-core is compiled)
+    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
     ls -l .whl
     ;;
 tests)
