@@ -60,7 +60,8 @@ def _chunk_adjoint_kernel(logw, b, W, Q, dy, dsT, ds0, dend, cu_seqlens, chunk_o
         p_k, p_v, m_ck, m_cv = chunk_tile(bos + i_c * CHUNK, eos, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
         lw_c = tl.load(logw + p_k, mask=m_ck, other=0.).to(tl.float32)
         b_c = tl.load(b + p_k, mask=m_ck, other=0.).to(tl.float32)
-        be, _, dec = chunk_decays(lw_c, b_c, b_c, o_c, CHUNK)
+        _, _, tail, dec = chunk_decays(lw_c, o_c, CHUNK)
+        be = b_c * tail
         step = tl.dot(tl.dot(D, tl.trans(be), input_precision=PREC), tl.load(W + p_k, mask=m_ck, other=0.),
                       input_precision=PREC)
         if HAS_DY:
@@ -87,7 +88,7 @@ def _chunk_grads_kernel(r, logw, k, v, a, b, ckpt, dend, dy, dr, dlogw, dk, dv, 
     D = tl.load(dend + p_state, mask=m_s, other=0.)
     r_c, lw_c, k_c, a_c, b_c, v_c, p_k, p_v, m_ck, m_cv = load_chunk(
         r, logw, k, v, a, b, t0, eos, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
-    cs, am, rm, bp, kp, be, ke, dec = chunk_factors(r_c, lw_c, k_c, a_c, b_c, o_c, CHUNK)
+    cs, am, rm, bp, kp, be, ke, dec, inv, tail = chunk_factors(r_c, lw_c, k_c, a_c, b_c, o_c, CHUNK)
     L_ab, L_ak, M_rb, M_rk = chunk_scores(am, rm, bp, kp, o_c, PREC)
     Tinv = unit_lower_inverse(L_ab, o_c, CHUNK)
     Z = tl.dot(am, tl.trans(S0), input_precision=PREC) + tl.dot(L_ak, v_c, input_precision=PREC)
@@ -116,8 +117,6 @@ def _chunk_grads_kernel(r, logw, k, v, a, b, ckpt, dend, dy, dr, dlogw, dk, dv, 
     dv_c = (tl.dot(tl.trans(L_ak), dZ, input_precision=PREC) + tl.dot(tl.trans(M_rk), dY, input_precision=PREC)
             + tl.dot(ke, D_t, input_precision=PREC))
 
-    inv = tl.exp(-cs)
-    tail = tl.exp(tl.sum(tl.where(o_c[:, None] == CHUNK - 1, cs, 0.), axis=0)[None, :] - cs)
     dcs = dRm * rm + dAm * am - dBp * bp - dKp * kp - dBe * be - dKe * ke
     dcs_last = tl.sum(dBe * be + dKe * ke, axis=0) + tl.sum(S0 * D, axis=0) * dec
     dlw = tl.cumsum(dcs, axis=0, reverse=True) + dcs_last[None, :] - dAm * am

@@ -53,14 +53,19 @@ def load_chunk(r, logw, k, v, a, b, t0, eos, i_h, o_c, o_k, o_v, m_k, m_v,
 
 
 @triton.jit
-def chunk_factors(r_c, lw_c, k_c, a_c, b_c, o_c, CHUNK: tl.constexpr):
-    """The decay-rescaled tiles of one chunk: (cs, A-, R-, b+, k+, B^e, K^e, e^{cs_C})."""
+def chunk_decays(lw_c, o_c, CHUNK: tl.constexpr):
+    """The decays of one chunk: cs = cumsum(logw), e^{-cs}, e^{cs_C - cs} [C, BK] and e^{cs_C} [BK]."""
     cs = tl.cumsum(lw_c, axis=0)
     cs_last = tl.sum(tl.where(o_c[:, None] == CHUNK - 1, cs, 0.), axis=0)
-    inv = tl.exp(-cs)
-    tail = tl.exp(cs_last[None, :] - cs)
-    return (cs, a_c * tl.exp(cs - lw_c), r_c * tl.exp(cs), b_c * inv, k_c * inv, b_c * tail, k_c * tail,
-            tl.exp(cs_last))
+    return cs, tl.exp(-cs), tl.exp(cs_last[None, :] - cs), tl.exp(cs_last)
+
+
+@triton.jit
+def chunk_factors(r_c, lw_c, k_c, a_c, b_c, o_c, CHUNK: tl.constexpr):
+    """The decay-rescaled tiles of one chunk: (cs, A-, R-, b+, k+, B^e, K^e, e^{cs_C}, e^{-cs}, e^{cs_C - cs})."""
+    cs, inv, tail, dec = chunk_decays(lw_c, o_c, CHUNK)
+    return (cs, a_c * tl.exp(cs - lw_c), r_c * tl.exp(cs), b_c * inv, k_c * inv, b_c * tail, k_c * tail, dec,
+            inv, tail)
 
 
 @triton.jit
@@ -99,15 +104,6 @@ def chunk_position(chunk_index, cu_seqlens, chunk_offsets, i_c, T, CHUNK: tl.con
     return i_n, bos + i_local * CHUNK, eos
 
 
-@triton.jit
-def chunk_decays(lw_c, b_c, k_c, o_c, CHUNK: tl.constexpr):
-    """B^e, K^e and e^{cs_C} of one chunk (what the sequential kernels need besides W, U0 or Q)."""
-    cs = tl.cumsum(lw_c, axis=0)
-    cs_last = tl.sum(tl.where(o_c[:, None] == CHUNK - 1, cs, 0.), axis=0)
-    tail = tl.exp(cs_last[None, :] - cs)
-    return b_c * tail, k_c * tail, tl.exp(cs_last)
-
-
 @triton.jit(do_not_specialize=["T"])
 def _chunk_local_kernel(r, logw, k, v, a, b, W, U0, Q, Y0, chunk_index, cu_seqlens, chunk_offsets, T,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
@@ -119,7 +115,7 @@ def _chunk_local_kernel(r, logw, k, v, a, b, W, U0, Q, Y0, chunk_index, cu_seqle
     o_k, o_v, m_k, m_v, _, _ = state_block(0, K, V, BK, BVF)
     r_c, lw_c, k_c, a_c, b_c, v_c, p_k, p_v, m_ck, m_cv = load_chunk(
         r, logw, k, v, a, b, t0, eos, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
-    cs, am, rm, bp, kp, be, ke, dec = chunk_factors(r_c, lw_c, k_c, a_c, b_c, o_c, CHUNK)
+    _, am, rm, bp, kp, _, _, _, _, _ = chunk_factors(r_c, lw_c, k_c, a_c, b_c, o_c, CHUNK)
     L_ab, L_ak, M_rb, M_rk = chunk_scores(am, rm, bp, kp, o_c, PREC)
     Tinv = unit_lower_inverse(L_ab, o_c, CHUNK)
     W_c = tl.dot(Tinv, am, input_precision=PREC)
@@ -150,7 +146,8 @@ def _chunk_states_kernel(logw, k, v, b, W, U0, s0, sT, ckpt, cu_seqlens, chunk_o
         b_c = tl.load(b + p_k, mask=m_ck, other=0.).to(tl.float32)
         k_c = tl.load(k + p_k, mask=m_ck, other=0.).to(tl.float32)
         v_c = tl.load(v + p_v, mask=m_cv, other=0.).to(tl.float32)
-        be, ke, dec = chunk_decays(lw_c, b_c, k_c, o_c, CHUNK)
+        _, _, tail, dec = chunk_decays(lw_c, o_c, CHUNK)
+        be, ke = b_c * tail, k_c * tail
         U = tl.dot(tl.load(W + p_k, mask=m_ck, other=0.), tl.trans(S), input_precision=PREC) + tl.load(
             U0 + p_v, mask=m_cv, other=0.)
         S = (S * dec[None, :] + tl.dot(tl.trans(U), be, input_precision=PREC)
