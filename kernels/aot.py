@@ -80,7 +80,7 @@ def kernel_resources(algorithm: str, K: int, V: int, chunk: int, BV: int, num_wa
                   BVF=max(16, triton.next_power_of_2(V)), CHUNK=chunk, IS_VARLEN=False, HAS_S0=True,
                   STORE_CKPT=True, HAS_DY=True, HAS_DST=True, WITH_VALUES=True,
                   PREC="ieee" if dtype == "fp32" else "tf32")
-    unknown = set(flags) - {"IS_VARLEN", "HAS_S0", "STORE_CKPT", "HAS_DY", "HAS_DST", "WITH_VALUES"}
+    unknown = set(flags) - {name for name, value in consts.items() if isinstance(value, bool)}
     if unknown:
         raise ValueError(f"kernel_resources: unknown flags {sorted(unknown)}")
     consts.update(flags)
