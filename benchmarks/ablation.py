@@ -19,7 +19,8 @@ from rl_statetune.config import load_config
 from rl_statetune.data import load_examples
 from rl_statetune.state import load_state
 from rl_statetune.tokenizer import WorldTokenizer
-from rl_statetune.trainer import held_out_accuracy, load_model, tune
+from rl_statetune.checkpoint import load_model
+from rl_statetune.trainer import held_out_accuracy, tune
 
 
 def main(argv=None) -> int:
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/out/ablation")
     args = ap.parse_args(argv)
     base_cfg = load_config(args.config, overrides=args.set)
-    model = load_model(base_cfg.model.path, base_cfg.model.dtype, base_cfg.model.wkv_backend)
+    model = load_model(base_cfg.model.path, base_cfg.model.dtype, backend=base_cfg.model.wkv_backend)
     N = model.config.head_size
     up = [f"upscale.feature_map={args.feature_map}", f"upscale.features={args.mult * N}"]
     arms = {

@@ -13,7 +13,10 @@ from pathlib import Path
 import torch
 
 from rl_statetune.atomic import atomic_torch_save
-from rl_statetune.model import RWKV7Config
+from rl_statetune.model import RWKV7, RWKV7Config
+from rl_statetune.paths import resolve_model_path
+
+WKV_BACKENDS = ("auto", "torch", "naive", "triton", "fla")
 
 
 class CheckpointError(ValueError):
@@ -175,6 +178,35 @@ def check_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Size
                                       "(truncated or mixed checkpoint?)")
         out[k] = t
     return out
+
+
+def build_model(sd: dict[str, torch.Tensor], cfg: RWKV7Config, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu", source: str = "checkpoint") -> RWKV7:
+    """A frozen ``RWKV7`` from BlinkDL-keyed weights (checked against the model's keys and shapes)."""
+    with torch.device("meta"):
+        model = RWKV7(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    sd = check_state_dict(sd, expected, source)
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, assign=True)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_model(path: str | Path = "embedded", dtype: str | torch.dtype = "float32",
+               device: str | torch.device = "cpu", backend: str = "auto") -> RWKV7:
+    """The one model loader: ``"embedded"``, a BlinkDL ``.pth`` / ``.safetensors`` file or an fla / Hugging Face
+    folder -> a frozen ``RWKV7`` in ``dtype`` on ``device`` whose WKV recurrence runs on ``backend``."""
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "bfloat16", "float16", "float64"):
+            raise ValueError(f"unknown model dtype {dtype!r}; use float32, bfloat16, float16 or float64")
+        dtype = getattr(torch, dtype)
+    if backend not in WKV_BACKENDS:
+        raise ValueError(f"unknown WKV backend {backend!r}; use one of {', '.join(WKV_BACKENDS)}")
+    resolved = resolve_model_path(path)
+    sd = load_blinkdl_state_dict(resolved)
+    model = build_model(sd, config_from_state_dict(sd, source=str(resolved)), dtype, device, str(resolved))
+    model.wkv_backend = backend
+    return model
 
 
 def save_blinkdl(model, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> None:

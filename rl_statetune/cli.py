@@ -23,7 +23,7 @@ def _generate(args) -> int:
     from rl_statetune.generation import generate
     from rl_statetune.state import initial_state_fn, load_state
     from rl_statetune.tokenizer import WorldTokenizer
-    from rl_statetune.trainer import load_model
+    from rl_statetune.checkpoint import load_model
 
     model = load_model(args.model)
     tunable = load_state(args.state).to_module(model.config) if args.state else None

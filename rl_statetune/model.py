@@ -9,8 +9,6 @@ carried ``RecurrentState``; one token at a time is the same code with T = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -176,28 +174,6 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_backend = "auto"
 
-    # -- construction ---------------------------------------------------------------------------------------
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> "RWKV7":
-        """Load a BlinkDL ``.pth`` / ``.safetensors`` file or an fla / Hugging Face RWKV-7 folder, frozen."""
-        from rl_statetune.checkpoint import load_blinkdl_state_dict, config_from_state_dict
-
-        sd = load_blinkdl_state_dict(path)
-        cfg = config_from_state_dict(sd, source=str(path))
-        return cls.from_state_dict(sd, cfg, dtype=dtype, device=device)
-
-    @classmethod
-    def from_state_dict(cls, sd: dict, cfg: RWKV7Config, dtype=torch.float32, device="cpu") -> "RWKV7":
-        from rl_statetune.checkpoint import check_state_dict
-
-        with torch.device("meta"):
-            model = cls(cfg)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
-        sd = check_state_dict(sd, expected)
-        model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, assign=True)
-        model.requires_grad_(False)
-        return model.eval()
-
     # -- state -----------------------------------------------------------------------------------------------
     @property
     def state_dtype(self) -> torch.dtype:
@@ -262,10 +238,4 @@ class RWKV7(nn.Module):
                                               torch.stack(ffn_x), new_lifted, state.lift)
 
 
-def with_backend(model: RWKV7, backend: str) -> RWKV7:
-    """Select the WKV backend ("auto", "torch", "naive", "triton", "fla") for this model instance."""
-    model.wkv_backend = backend
-    return model
-
-
-__all__ = ["RWKV7", "RWKV7Config", "RecurrentState", "with_backend"]
+__all__ = ["RWKV7", "RWKV7Config", "RecurrentState"]

@@ -202,10 +202,10 @@ def init_support_main(args: argparse.Namespace) -> int:
     from rl_statetune.config import load_config
     from rl_statetune.data import load_examples
     from rl_statetune.tokenizer import WorldTokenizer
-    from rl_statetune.trainer import load_model
+    from rl_statetune.checkpoint import load_model
 
     cfg = load_config(args.config, overrides=args.set)
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.wkv_backend)
+    model = load_model(cfg.model.path, cfg.model.dtype, backend=cfg.model.wkv_backend)
     train, _ = load_examples(cfg.data)
     up = cfg.upscale.model_copy(update={"support_path": None})
     maps = support_from_config(model, WorldTokenizer(), [e.prompt + e.target for e in train], up, cfg.train.seed)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rl_statetune.atomic import atomic_torch_save
+from rl_statetune.checkpoint import load_model
 from rl_statetune.config import OptimConfig, TuneConfig
 from rl_statetune.data import Batch, Example, collate, load_examples
 from rl_statetune.generation import generate
@@ -31,18 +32,12 @@ from rl_statetune.upscale import UpscaledState, dbp_step, param_groups
 log = logging.getLogger("rl_statetune.tune")
 
 
-def load_model(path: str, dtype: str = "float32", backend: str = "auto") -> RWKV7:
-    model = RWKV7.from_checkpoint(resolve_model_path(path), dtype=getattr(torch, dtype))
-    model.wkv_backend = backend
-    return model
-
-
 def start_run(cfg) -> tuple[Path, RWKV7, WorldTokenizer, list[Example], list[Example]]:
     """What a tuning run (supervised, RL, distributed RL) starts from: its output folder (created), the frozen
     model, the tokenizer, and the train / held-out examples. ``cfg`` has ``model``, ``data`` and ``train.out_dir``."""
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.wkv_backend)
+    model = load_model(cfg.model.path, cfg.model.dtype, backend=cfg.model.wkv_backend)
     tok = WorldTokenizer()
     train, held = load_examples(cfg.data)
     return out, model, tok, train, held

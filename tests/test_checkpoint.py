@@ -6,18 +6,19 @@ import pytest
 import torch
 from conftest import TINY
 
+from rl_statetune.checkpoint import load_model
 from rl_statetune.checkpoint import CheckpointError, blinkdl_key_to_fla, fla_key_to_blinkdl, save_fla_folder
 from rl_statetune.model import RWKV7
 
 
 def test_fla_folder_loads_to_the_same_model(tiny_ckpt, tmp_path):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     save_fla_folder(model, tmp_path / "hf")
     keys = set(__import__("safetensors.torch", fromlist=["x"]).load_file(str(tmp_path / "hf/model.safetensors")))
     # the layout fla's converter produces
     assert "model.layers.1.attn.w_lora.lora.2.bias" in keys and "model.layers.0.attn.r_proj.weight" in keys
     assert "model.layers.0.pre_norm.weight" in keys and "lm_head.weight" in keys
-    again = RWKV7.from_checkpoint(tmp_path / "hf")
+    again = load_model(tmp_path / "hf")
     idx = torch.randint(0, TINY.vocab_size, (2, 9))
     torch.testing.assert_close(again(idx)[0], model(idx)[0], rtol=0, atol=0)
 
@@ -35,7 +36,7 @@ def test_missing_key_is_named(tiny_ckpt, tmp_path):
     del sd["blocks.1.ffn.value.weight"]
     torch.save(sd, tmp_path / "trunc.pth")
     with pytest.raises(CheckpointError, match=r"blocks\.1\.ffn\.value\.weight"):
-        RWKV7.from_checkpoint(tmp_path / "trunc.pth")
+        load_model(tmp_path / "trunc.pth")
 
 
 def test_wrong_shape_is_named(tiny_ckpt, tmp_path):
@@ -43,26 +44,26 @@ def test_wrong_shape_is_named(tiny_ckpt, tmp_path):
     sd["blocks.0.att.key.weight"] = sd["blocks.0.att.key.weight"][:, :5]
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match=r"blocks\.0\.att\.key\.weight.*shape \(32, 5\)"):
-        RWKV7.from_checkpoint(tmp_path / "bad.pth")
+        load_model(tmp_path / "bad.pth")
 
 
 def test_other_rwkv_versions_and_garbage_are_rejected(tmp_path):
     torch.save({"emb.weight": torch.zeros(4, 4), "blocks.0.att.time_decay": torch.zeros(4)}, tmp_path / "v6.pth")
     with pytest.raises(CheckpointError, match="RWKV-4/5/6"):
-        RWKV7.from_checkpoint(tmp_path / "v6.pth")
+        load_model(tmp_path / "v6.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
-        RWKV7.from_checkpoint(tmp_path / "junk.pth")
+        load_model(tmp_path / "junk.pth")
     with pytest.raises(FileNotFoundError):
-        RWKV7.from_checkpoint(tmp_path / "nope.pth")
+        load_model(tmp_path / "nope.pth")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="without"):
-        RWKV7.from_checkpoint(tmp_path / "empty")
+        load_model(tmp_path / "empty")
 
 
 def test_bfloat16_loading(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt, dtype=torch.bfloat16)
-    ref = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt, dtype=torch.bfloat16)
+    ref = load_model(tiny_ckpt)
     idx = torch.randint(0, TINY.vocab_size, (1, 12))
     lo, lr = model(idx)[0].float(), ref(idx)[0]
     assert ((lo - lr).norm() / lr.norm()).item() < 5e-2

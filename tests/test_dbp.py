@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rl_statetune.checkpoint import load_model
 from rl_statetune.dbp import Decorrelation, dbp_update_, decorrelation_loss, decorrelation_stats, subsample_rows
 from rl_statetune.upscale import UpscaledState, dbp_step
 
@@ -80,7 +81,7 @@ def test_dbp_step_uses_the_features_recorded_during_training(tiny_ckpt):
     from rl_statetune.model import RWKV7
     from rl_statetune.upscale import build_upscaled_state
 
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     up = build_upscaled_state(model, "rbf", 12, support="random")
     assert isinstance(up, UpscaledState)
     up.set_recording(0.5)

@@ -107,11 +107,12 @@ def test_acc_and_acc_norm_differ_when_choice_lengths_differ():
 
 def test_real_rwkv7_prefix_path_equals_full_path_and_reference():
     from rl_statetune.init import init_rwkv7
-    from rl_statetune.model import RecurrentState, RWKV7Config, with_backend
+    from rl_statetune.model import RecurrentState, RWKV7Config
 
     cfg = RWKV7Config(vocab_size=257, n_embd=32, n_layer=2, head_size=16, dim_w=8, dim_a=8, dim_v=8, dim_g=8,
                       dim_ffn=64)
-    model = with_backend(init_rwkv7(cfg, seed=0, noise=0.1).eval(), "naive")  # fastest on CPU for short inputs
+    model = init_rwkv7(cfg, seed=0, noise=0.1).eval()
+    model.wkv_backend = "naive"  # fastest on CPU for short inputs
     g = torch.Generator().manual_seed(0)
     wkv0 = torch.randn(cfg.n_layer, cfg.n_head, cfg.head_size, cfg.head_size, generator=g)
 

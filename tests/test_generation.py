@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import TINY_WORLD
 
+from rl_statetune.checkpoint import load_model
 from rl_statetune.generation import generate, sample
 from rl_statetune.model import RWKV7
 from rl_statetune.state import TimeState, initial_state_fn
@@ -14,14 +15,14 @@ PROMPTS = ["Q: Tom has 3 pens.\nA:", "Hi", "Q: a much longer prompt about apples
 
 
 def test_batching_does_not_change_greedy_outputs(tiny_world_ckpt):
-    model, tok = RWKV7.from_checkpoint(tiny_world_ckpt), WorldTokenizer()
+    model, tok = load_model(tiny_world_ckpt), WorldTokenizer()
     together = generate(model, tok, PROMPTS, 6, stop=(), batch_size=3)
     alone = [generate(model, tok, [p], 6, stop=())[0] for p in PROMPTS]
     assert together == alone and all(together)
 
 
 def test_tuned_state_changes_outputs(tiny_world_ckpt):
-    model, tok = RWKV7.from_checkpoint(tiny_world_ckpt), WorldTokenizer()
+    model, tok = load_model(tiny_world_ckpt), WorldTokenizer()
     ts = TimeState(model.config, torch.randn(TINY_WORLD.state_shape(), generator=torch.Generator().manual_seed(0)) * 5)
     base = generate(model, tok, PROMPTS, 6, stop=())
     tuned = generate(model, tok, PROMPTS, 6, stop=(), init_state=initial_state_fn(model, ts))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import write_checkpoint
 
+from rl_statetune.checkpoint import load_model
 from rl_statetune.model import RWKV7, RWKV7Config
 
 SIZES = [
@@ -27,7 +28,7 @@ def test_matches_rwkv_package(tmp_path, cfg, layer0_v):
 
     path = write_checkpoint(tmp_path / "m.pth", cfg, seed=cfg.n_embd + layer0_v, layer0_v=layer0_v)
     ref = RWKV(model=str(path)[: -len(".pth")], strategy="cpu fp32")
-    ours = RWKV7.from_checkpoint(path)
+    ours = load_model(path)
     g = torch.Generator().manual_seed(cfg.n_embd)
     toks = torch.randint(0, cfg.vocab_size, (23,), generator=g).tolist()
     more = torch.randint(0, cfg.vocab_size, (9,), generator=g).tolist()
@@ -47,7 +48,7 @@ def test_matches_rwkv_package(tmp_path, cfg, layer0_v):
 
 
 def test_parallel_equals_recurrent(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     idx = torch.randint(0, model.config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(0))
     full, s_full = model(idx)
     s, steps = None, []
@@ -59,7 +60,7 @@ def test_parallel_equals_recurrent(tiny_ckpt):
 
 
 def test_right_padding_matches_unpadded(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     g = torch.Generator().manual_seed(1)
     a = torch.randint(1, 128, (1, 11), generator=g)
     b = torch.randint(1, 128, (1, 6), generator=g)
@@ -75,12 +76,12 @@ def test_right_padding_matches_unpadded(tiny_ckpt):
 
 
 def test_weights_are_frozen(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_bad_inputs_fail_clearly(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         model(torch.zeros(5, dtype=torch.long))
     _, state = model(torch.zeros(2, 3, dtype=torch.long))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rl_statetune.checkpoint import load_model
 from rl_statetune.model import RWKV7
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotItem, collate_cots, make_items
@@ -24,7 +25,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def model(tiny_world_ckpt):
-    return RWKV7.from_checkpoint(tiny_world_ckpt, dtype=torch.float64)
+    return load_model(tiny_world_ckpt, dtype=torch.float64)
 
 
 def items(guide: CharGuide, score: bool = True) -> list[CotItem]:

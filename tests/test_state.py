@@ -7,19 +7,20 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
+from rl_statetune.checkpoint import load_model
 from rl_statetune.model import RWKV7
 from rl_statetune.state import StateShapeError, TimeState, load_state, save_state
 
 
 def test_zero_state_is_the_frozen_model(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     ts = TimeState(model.config)
     idx = torch.randint(0, TINY.vocab_size, (3, 10))
     torch.testing.assert_close(model(idx, ts.initial_state(model, 3))[0], model(idx)[0], rtol=0, atol=0)
 
 
 def test_gradient_reaches_only_the_state(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     ts = TimeState(model.config)
     idx = torch.randint(0, TINY.vocab_size, (2, 8))
     logits, _ = model(idx, ts.initial_state(model, 2))
@@ -29,7 +30,7 @@ def test_gradient_reaches_only_the_state(tiny_ckpt):
 
 
 def test_state_gradient_matches_finite_differences(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt, dtype=torch.float64)
+    model = load_model(tiny_ckpt, dtype=torch.float64)
     idx = torch.randint(0, TINY.vocab_size, (2, 7), generator=torch.Generator().manual_seed(2))
     s0 = (0.1 * torch.randn(TINY.state_shape(), dtype=torch.float64)).requires_grad_()
 
@@ -78,7 +79,7 @@ def test_tuned_state_loads_into_the_rwkv_package(tiny_ckpt, tmp_path):
     """The saved file, used as the rwkv package's initial state[3i+1], gives our tuned model's logits."""
     from rwkv.model import RWKV
 
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     ts = TimeState(model.config, torch.randn(TINY.state_shape()) * 0.3)
     path = save_state(tmp_path / "tuned.pth", ts.time_state)
     ref = RWKV(model=str(tiny_ckpt)[: -len(".pth")], strategy="cpu fp32")

@@ -32,6 +32,7 @@ if DEVICE == "cpu" and not isinstance(tl.sum, InterpretedFunction):
 
 from wkv_inputs import NAMES, make_inputs, rel_err  # noqa: E402
 
+from rl_statetune.checkpoint import load_model  # noqa: E402
 from rl_statetune.wkv import wkv7, wkv7_naive  # noqa: E402
 
 
@@ -288,10 +289,9 @@ def test_model_with_upscaled_state_on_triton_matches_torch_backend(tiny_ckpt):
     right-padded rows, gradients to S0, S~0 and R. Same float32 model, "triton" vs the CPU "torch" backend."""
     from conftest import TINY
 
-    from rl_statetune.model import RWKV7, with_backend
     from rl_statetune.upscale import build_upscaled_state
 
-    model = RWKV7.from_checkpoint(tiny_ckpt, dtype=torch.float32).to(DEVICE)
+    model = load_model(tiny_ckpt, dtype=torch.float32).to(DEVICE)
     up = build_upscaled_state(model, "rbf", 24, support="random", seed=0).to(DEVICE)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -304,7 +304,7 @@ def test_model_with_upscaled_state_on_triton_matches_torch_backend(tiny_ckpt):
     weights = torch.randn(2, 21, TINY.vocab_size, generator=g).to(DEVICE) * valid
 
     def run(backend):
-        with_backend(model, backend)
+        model.wkv_backend = backend
         logits, state = model(idx, up.initial_state(model, 2), lengths=lengths)
         return (logits * valid, state.lifted, torch.autograd.grad((logits * weights).sum(), params))
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
+from rl_statetune.checkpoint import load_model
 from rl_statetune.features import FEATURE_MAPS
 from rl_statetune.model import RWKV7
 from rl_statetune.state import TimeState, load_state, save_state
@@ -75,7 +76,7 @@ def test_layer_lift_matches_the_naive_float64_recurrence(kind, backend):
 
 @pytest.mark.parametrize("kind", FEATURE_MAPS)
 def test_zero_lifted_state_is_the_frozen_model_exactly(tiny_ckpt, kind):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     up = build_upscaled_state(model, kind, M, support="random")
     idx = torch.randint(0, TINY.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model(idx, up.initial_state(model, 3))[0], model(idx)[0], rtol=0, atol=0)
@@ -87,7 +88,7 @@ def test_zero_lifted_state_is_the_frozen_model_exactly(tiny_ckpt, kind):
 
 
 def test_lifted_state_changes_logits_and_evolves_per_token(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt, dtype=torch.float64)
+    model = load_model(tiny_ckpt, dtype=torch.float64)
     up = make_up(model)
     idx = torch.randint(0, TINY.vocab_size, (2, 21), generator=torch.Generator().manual_seed(1))
     full, s_full = model(idx, up.initial_state(model, 2))
@@ -104,7 +105,7 @@ def test_lifted_state_changes_logits_and_evolves_per_token(tiny_ckpt):
 
 
 def test_padded_rows_keep_the_lifted_state_at_their_length(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt, dtype=torch.float64)
+    model = load_model(tiny_ckpt, dtype=torch.float64)
     up = make_up(model)
     idx = torch.randint(1, TINY.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
     _, s = model(idx, up.initial_state(model, 2), lengths=torch.tensor([12, 7]))
@@ -113,7 +114,7 @@ def test_padded_rows_keep_the_lifted_state_at_their_length(tiny_ckpt):
 
 
 def test_gradients_to_lifted_state_and_R_match_finite_differences(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt, dtype=torch.float64)
+    model = load_model(tiny_ckpt, dtype=torch.float64)
     up = make_up(model, kind="rbf")
     idx = torch.randint(0, TINY.vocab_size, (2, 7), generator=torch.Generator().manual_seed(3))
     params = [up.lifted_state] + [l.decor.R for l in up.lifts]
@@ -154,7 +155,7 @@ def test_layer_lift_gradcheck():
 
 
 def test_lifted_state_stays_bounded_over_long_sequences(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     up = make_up(model, scale=1.0)
     idx = torch.randint(0, TINY.vocab_size, (1, 400), generator=torch.Generator().manual_seed(5))
     _, s = model(idx, up.initial_state(model, 1))
@@ -165,7 +166,7 @@ def test_lifted_state_stays_bounded_over_long_sequences(tiny_ckpt):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 @pytest.mark.parametrize("kind", FEATURE_MAPS)
 def test_artifacts_reload_with_identical_logits(tiny_ckpt, tmp_path, kind, suffix):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
     up = make_up(model, kind=kind)
     path = save_state(tmp_path / f"s{suffix}", up.time_state, metadata={"steps": 1, **up.metadata()},
                       extras=up.extras())
@@ -180,7 +181,7 @@ def test_artifacts_reload_with_identical_logits(tiny_ckpt, tmp_path, kind, suffi
 
 
 def test_support_from_model_directions(tiny_ckpt):
-    model = RWKV7.from_checkpoint(tiny_ckpt)
+    model = load_model(tiny_ckpt)
 
     class ByteTok:
         def encode(self, s):
@@ -226,7 +227,7 @@ def test_tune_with_upscale_and_dbp_saves_loadable_artifacts(tiny_world_ckpt, tmp
     assert len(recs) == 3 and all(r["decor_loss"] > 0 and r["lifted_norm"] > 0 for r in recs)
     sf = load_state(tmp_path / "state.safetensors")
     assert sf.metadata["upscale"] == {"feature_map": "rbf", "features": 12, "basis_rows": 12}
-    up = sf.to_module(trainer.load_model(str(tiny_world_ckpt)).config)
+    up = sf.to_module(load_model(str(tiny_world_ckpt)).config)
     assert isinstance(up, UpscaledState) and up.lifted_state.abs().sum() > 0
     assert not torch.equal(up.lifts[0].decor.R, torch.eye(12).expand_as(up.lifts[0].decor.R))
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)

@@ -75,11 +75,10 @@ def _run_names(state_paths: list[str]) -> list[str]:
 
 def _load(model_path: str, state_paths: list[str], device: str = "cpu") -> tuple[Any, Any, dict[str, InitStateFn]]:
     """Model, tokenizer and {run name: init_state_fn} — the one place that knows how checkpoints load."""
-    from rl_statetune.model import RWKV7
-    from rl_statetune.paths import resolve_model_path
+    from rl_statetune.checkpoint import load_model
     from rl_statetune.tokenizer import WorldTokenizer
 
-    model = RWKV7.from_checkpoint(resolve_model_path(model_path), device=device)
+    model = load_model(model_path, device=device)
     states: dict[str, InitStateFn] = {}
     if state_paths:
         from rl_statetune.state import initial_state_fn, load_state

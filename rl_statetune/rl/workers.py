@@ -81,7 +81,7 @@ class LearnerWorker:
     def __init__(self, cfg: dict, rank: int, world_size: int, queue: Any, guide_handle: Any = None,
                  group: str = "rl_learners", backend: str = "gloo", queue_timeout_s: float | None = None):
         from rl_statetune.tokenizer import WorldTokenizer
-        from rl_statetune.trainer import load_model
+        from rl_statetune.checkpoint import load_model
 
         self.cfg = RLConfig.model_validate(cfg)
         d = self.cfg.distributed
@@ -91,7 +91,7 @@ class LearnerWorker:
         self.queue_timeout_s = queue_timeout_s
         device = "cuda" if d.learner_gpus > 0 else "cpu"
         m = self.cfg.model
-        model = load_model(m.path, m.dtype, m.wkv_backend).to(device)
+        model = load_model(m.path, m.dtype, device, m.wkv_backend)
         guide = None
         if self.cfg.reward.kind in GUIDE_SCORED_REWARDS:
             from rl_statetune_guides.ray_actor import RemoteGuide
