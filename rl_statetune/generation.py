@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rl_statetune.eval.api import can_select, check_logits, initial_state, model_device, pad_right
+from rl_statetune.lm import can_select, check_logits, initial_state, model_device, pad_right
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rl_statetune.eval.api import InitStateFn
+from rl_statetune.lm import InitStateFn
 from rl_statetune.eval.report import write_report
 from rl_statetune.eval.runner import parse_tasks, run_eval
 from rl_statetune.eval.tasks import TASKS

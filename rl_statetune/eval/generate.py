@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rl_statetune.eval.api import InitStateFn, Tokenizer
+from rl_statetune.lm import InitStateFn, Tokenizer
 from rl_statetune.generation import generate, truncate_at_stop
 
 __all__ = ["greedy_generate", "truncate_at_stop"]

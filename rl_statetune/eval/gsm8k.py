@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rl_statetune.eval.api import InitStateFn, Tokenizer
+from rl_statetune.lm import InitStateFn, Tokenizer
 from rl_statetune.eval.generate import greedy_generate
 from rl_statetune.eval.metrics import aggregate
 from rl_statetune.eval.tasks import GSM8K, GenerationDoc

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rl_statetune.eval.api import (
+from rl_statetune.lm import (
     InitStateFn,
     Tokenizer,
     can_select,

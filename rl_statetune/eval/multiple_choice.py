@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rl_statetune.eval.api import InitStateFn, Tokenizer
+from rl_statetune.lm import InitStateFn, Tokenizer
 from rl_statetune.eval.loglikelihood import encode_pair, loglikelihoods
 from rl_statetune.eval.metrics import aggregate
 from rl_statetune.eval.tasks import MultipleChoiceDoc

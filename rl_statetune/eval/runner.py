@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rl_statetune.eval import gsm8k, multiple_choice
-from rl_statetune.eval.api import InitStateFn, Tokenizer
+from rl_statetune.lm import InitStateFn, Tokenizer
 from rl_statetune.eval.data import DataFiles, load_task_data
 from rl_statetune.eval.fewshot import build_docs
 from rl_statetune.eval.tasks import get_task

@@ -1,4 +1,4 @@
-"""The model / tokenizer contract the evaluators are written against, and small batching helpers.
+"""The recurrent-LM contract that decoding and the evaluators are written against, and small batching helpers.
 
 Model: ``logits, state = model(idx, state=None, lengths=None)`` with ``idx`` [B, T] (right padded, ``lengths``
 [B] real lengths), ``logits`` [B, T, V] (``logits[:, t]`` predicts token t + 1) and ``state`` an opaque recurrent
