@@ -17,10 +17,11 @@ from pathlib import Path
 
 from rl_statetune.config import load_config
 from rl_statetune.data import load_examples
-from rl_statetune.state import load_state
+from rl_statetune.upscale import load_tunable
 from rl_statetune.tokenizer import WorldTokenizer
 from rl_statetune.checkpoint import load_model
-from rl_statetune.trainer import held_out_accuracy, tune
+from rl_statetune.run.heldout import held_out_accuracy
+from rl_statetune.trainer import tune
 
 
 def main(argv=None) -> int:
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
             (out / "metrics.jsonl").unlink()
         cfg = load_config(args.config, overrides=[*args.set, *extra, f"train.out_dir={out}"])
         res = tune(cfg, progress=False, evaluate=False)
-        tunable = load_state(out / "state.safetensors").to_module(model.config)
+        tunable = load_tunable(out / "state.safetensors", model.config)
         t1 = time.time()
         acc = held_out_accuracy(model, tok, held, tunable, fmt, cfg.train.eval_max_new_tokens)
         n = tunable.num_state_values() if hasattr(tunable, "num_state_values") else tunable.time_state.numel()

@@ -26,7 +26,7 @@ from rl_statetune.model import RWKV7
 from rl_statetune.state import TimeState
 from rl_statetune.upscale import UpscaledState, dbp_step, param_groups
 from rl_statetune.checkpoint import load_model
-from rl_statetune.trainer import lr_at
+from rl_statetune.run.setup import lr_at
 
 KEY_POOL, VALUE_POOL = 400, 32  # key pool: random model only
 

@@ -22,13 +22,15 @@ import sys
 from pathlib import Path
 
 from rl_statetune.rl.config import RLConfig, load_rl_config
+from rl_statetune.rl.driver import run_rl
 
 
 def guide_variant(cfg: RLConfig, name: str, spec: str) -> RLConfig:
     g = cfg.guide.model_dump()
     g.update(config=None, inline=None, task_rationales=False)
     if spec == "task_rationales":
-        g.update(task_rationales=True, options={}, num_cpus=None)
+        g.update(task_rationales=True, options={})
+        g["resources"] = {**g["resources"], "num_cpus": None}
     else:
         g["config"] = spec
     train = cfg.train.model_copy(update={"out_dir": str(Path(cfg.train.out_dir) / name)})
@@ -70,14 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             ap.error(f"--guide {item!r} must look like NAME=SPEC")
         cfg = guide_variant(base, name, spec)
-        if args.single_process:
-            from rl_statetune.rl.loop import run_rl
-
-            res = run_rl(cfg, progress=False)
-        else:
-            from rl_statetune.rl.distributed import run_distributed
-
-            res = run_distributed(cfg)
+        res = run_rl(cfg, progress=False, ray=not args.single_process, overwrite=True)
         rows.append((name, res))
         print(f"[{name}] done: reward {res.reward_first:.4f} -> {res.reward_last:.4f}", flush=True)
     text = table(rows)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .base import Guide, ScoredText, check_generate_args, check_score_args
+from .prompting import fill_template
 from .config import OpenAIOptions
 from .errors import GuideOutputError, GuideRequestError, GuideUnavailable
 from .text import align_pieces, scored_text
@@ -52,7 +53,7 @@ class OpenAIGuide(Guide):
         self._closed = False
 
     def render(self, prompt: str) -> str:
-        return self.options.prompt_template.format(prompt=prompt)
+        return fill_template(self.options.prompt_template, prompt)
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[str], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:

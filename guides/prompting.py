@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PromptEncoder"]
+__all__ = ["PromptEncoder", "fill_template"]
+
+
+def fill_template(template: str, prompt: str) -> str:
+    """The one templating rule of the project: every ``{prompt}`` becomes the prompt; nothing else in the
+    template is interpreted (other braces, ``{0}`` or ``{{`` stay as written)."""
+    if "{prompt}" not in template:
+        raise ValueError(f"prompt template {template!r} must contain {{prompt}}")
+    return template.replace("{prompt}", prompt)
 
 
 class PromptEncoder:

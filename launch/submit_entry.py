@@ -1,28 +1,18 @@
-"""`ray job submit` entry point for a distributed RL run.
+"""`ray job submit` entry point of a distributed RL run: ``rl-statetune rl --ray`` inside the job.
 
     ray job submit --address http://HEAD:8265 --working-dir . --runtime-env launch/runtime_env.yaml \
         -- python -m launch.submit_entry --config configs/rl_1p5b_70b_8gpu.yaml [--set train.steps=100]
 
-Inside a job, RAY_ADDRESS points at the cluster, so the run joins it (distributed.num_cpus is ignored).
-It prints the cluster's resources first: a run that cannot be placed fails in the pre-flight check, naming
-what is missing, instead of waiting for resources that never come.
+Inside a job, RAY_ADDRESS points at the cluster, so the run joins it (distributed.num_cpus is ignored). A run
+that cannot be placed fails in the pre-flight check, naming what is missing, instead of waiting for resources
+that never come.
 """
 
 from __future__ import annotations
 
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    import ray
-
-    from rl_statetune.rl.distributed import main as run_main
-
-    if not ray.is_initialized():
-        ray.init()
-    print(f"cluster resources: {ray.cluster_resources()}", flush=True)
-    return run_main(argv)
-
+from rl_statetune.rl.distributed import main
 
 if __name__ == "__main__":
     sys.exit(main())

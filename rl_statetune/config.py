@@ -48,6 +48,8 @@ class OptimConfig(Section):
 
 
 class TrainConfig(Section):
+    """The run loop, the same shape for supervised tuning and RL. ``batch_size`` is examples per optimiser step
+    (per learner in RL: task prompts whose guide CoTs one learner trains on)."""
     steps: int = Field(100, gt=0)
     batch_size: int = Field(16, gt=0)
     grad_accum: int = Field(1, gt=0)
@@ -56,7 +58,9 @@ class TrainConfig(Section):
     ckpt_every: int = Field(50, gt=0)
     out_dir: str = "runs/quickstart"
     seed: int = 0
+    eval: bool = True                          # held-out accuracy before / after (synthetic task)
     eval_max_new_tokens: int = Field(32, gt=0)
+    on_nonfinite: Literal["error", "skip"] = "error"   # a NaN/inf loss or gradient: stop, or skip that step
 
 
 class UpscaleConfig(Section):
@@ -81,7 +85,8 @@ class DBPConfig(Section):
     subsample: float = Field(0.1, gt=0, le=1)
 
 
-class TuneConfig(Section):
+class RunConfig(Section):
+    """What every tuning run has: the frozen model, the task data, the optimiser, the loop and the tunables."""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -94,6 +99,10 @@ class TuneConfig(Section):
         if self.dbp.enabled and not self.upscale.enabled:
             raise ValueError("dbp.enabled needs upscale.enabled (DBP decorrelates the kernel features)")
         return self
+
+
+class TuneConfig(RunConfig):
+    """Supervised state tuning (``rl-statetune tune``)."""
 
 
 class ConfigError(ValueError):
@@ -113,16 +122,39 @@ def load_config(path: str | Path, cls: type[BaseModel] = TuneConfig, overrides: 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no config file at {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ConfigError(f"config {path} is not a file; pass a YAML file such as configs/quickstart.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        apply_override(data, item)
     return parse_config(data, cls, source=str(path))
+
+
+def apply_override(data: dict, item: str) -> None:
+    """``section.key=value`` (value parsed as YAML) into the nested mapping ``data``."""
+    key, sep, value = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. train.steps=10")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: {value!r} is not a valid YAML value (quote strings with brackets)") \
+            from None
+    node = data
+    *parents, leaf = key.split(".")
+    for i, p in enumerate(parents):
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parents[: i + 1])} is a value ({child!r}), "
+                              "not a section; nothing can be set below it")
+        node = child
+    node[leaf] = parsed

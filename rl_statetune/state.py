@@ -28,6 +28,18 @@ class StateShapeError(ValueError):
     """A state does not fit the model it is loaded into."""
 
 
+class StateFileError(ValueError):
+    """A state file that cannot be read or must not be used (corrupt, truncated, non-finite values)."""
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise StateFileError(f"{source}: {bad[0]!r} holds NaN or inf values"
+                             + (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else "")
+                             + "; a diverged state is never used: re-tune with a lower optim.lr")
+
+
 class TimeState(nn.Module):
     """Trainable initial WKV state per layer, [L, H, N, N], zero-initialised: at step 0 the tuned model is the
     frozen model exactly."""
@@ -68,14 +80,10 @@ class StateFile:
                 f"{want[0]} layers x {want[1]} heads x head size {want[2]}; states only load into the model "
                 "size they were tuned on")
 
-    def to_module(self, cfg: RWKV7Config) -> TimeState:
-        """The tunable module: a ``TimeState``, or an ``UpscaledState`` when the file carries upscale.* tensors."""
-        self.check_fits(cfg)
-        if any(k.startswith("upscale.") for k in self.extras):
-            from rl_statetune.upscale import UpscaledState
-
-            return UpscaledState.from_state_file(self, cfg)
-        return TimeState(cfg, self.time_state)
+    @property
+    def upscaled(self) -> bool:
+        """Whether the file carries a kernel-upscaled state (``upscale.*`` tensors; see ``upscale.load_tunable``)."""
+        return any(k.startswith("upscale.") for k in self.extras)
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -103,6 +111,7 @@ def save_state(path: str | Path, time_state: torch.Tensor, metadata: dict | None
         if k in tensors:
             raise ValueError(f"extra tensor name {k!r} collides with a state key")
         tensors[k] = v.detach().contiguous().cpu()
+    check_finite(tensors, f"refusing to write {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -117,19 +126,29 @@ def load_state(path: str | Path) -> StateFile:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no state file at {path}")
+    if path.is_dir():
+        raise StateFileError(f"{path} is a folder; pass a state file (.pth or .safetensors)")
     metadata: dict = {}
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            for k, v in (f.metadata() or {}).items():
-                try:
-                    metadata[k] = json.loads(v)
-                except json.JSONDecodeError:
-                    metadata[k] = v
-    else:
-        tensors = torch.load(str(path), map_location="cpu", weights_only=True)
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                for k, v in (f.metadata() or {}).items():
+                    try:
+                        metadata[k] = json.loads(v)
+                    except json.JSONDecodeError:
+                        metadata[k] = v
+        else:
+            tensors = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch / safetensors raise many kinds for corrupt files
+        kind = "safetensors" if path.suffix == ".safetensors" else "torch (.pth)"
+        raise StateFileError(f"cannot read {path} as a {kind} state file: it is truncated, corrupt or another "
+                             f"format ({type(e).__name__}). Re-export it, or use the run's other state file") \
+            from None
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise StateFileError(f"{path} does not hold a flat mapping of tensors; is it a state file?")
     layers = {int(m.group(1)): t for k, t in tensors.items() if (m := _KEY_RE.fullmatch(k))}
     if not layers:
         raise StateShapeError(f"{path} holds no 'blocks.N.att.time_state' tensors; is it a state file?")
@@ -138,6 +157,7 @@ def load_state(path: str | Path) -> StateFile:
     shapes = {tuple(t.shape) for t in layers.values()}
     if len(shapes) != 1 or len(next(iter(shapes))) != 3:
         raise StateShapeError(f"{path}: per-layer states must all be [H, N, N], got shapes {sorted(shapes)}")
+    check_finite(tensors, str(path))
     time_state = torch.stack([layers[i].float() for i in range(len(layers))])
     extras = {k: t for k, t in tensors.items() if not _KEY_RE.fullmatch(k)}
     return StateFile(time_state, metadata, extras)

@@ -8,12 +8,11 @@ directions. ``collect_directions`` records them on task text; from those, per la
 * taylor:    projection = the top-d principal directions ("kmeans") or a random orthonormal d x N ("random");
 * performer: orthogonal Gaussian rows; gamma by the median heuristic between directions.
 
-``rl-statetune init-support`` (``init_support_main``) writes the result to a file the trainer can reuse.
+``rl-statetune init-support`` writes the result to a file the trainer can reuse (``save_support``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -189,37 +188,3 @@ def support_from_config(model: RWKV7, tokenizer, texts: list[str], up_cfg, seed:
     vectors = collect_directions(model, tokenizer, texts[:max_texts])
     return build_feature_maps(up_cfg.feature_map, up_cfg.features, model.config, up_cfg.support, vectors,
                               up_cfg.gamma, seed)
-
-
-def add_init_support_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--config", required=True, help="tuning YAML (model, data and upscale sections are used)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", required=True, help="output .safetensors (set upscale.support_path to it)")
-
-
-def init_support_main(args: argparse.Namespace) -> int:
-    """``rl-statetune init-support``: choose support vectors / bases on the task data and save them."""
-    from rl_statetune.config import load_config
-    from rl_statetune.data import load_examples
-    from rl_statetune.tokenizer import WorldTokenizer
-    from rl_statetune.checkpoint import load_model
-
-    cfg = load_config(args.config, overrides=args.set)
-    model = load_model(cfg.model.path, cfg.model.dtype, backend=cfg.model.wkv_backend)
-    train, _ = load_examples(cfg.data)
-    up = cfg.upscale.model_copy(update={"support_path": None})
-    maps = support_from_config(model, WorldTokenizer(), [e.prompt + e.target for e in train], up, cfg.train.seed)
-    path = save_support(args.out, maps)
-    print(f"{up.feature_map} support, M={maps[0].dim}, {len(maps)} layers, gamma "
-          f"{[round(float(m.gamma.mean()), 3) for m in maps]} -> {path}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="rl-statetune init-support", description=init_support_main.__doc__)
-    add_init_support_args(ap)
-    return init_support_main(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

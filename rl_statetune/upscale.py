@@ -159,8 +159,17 @@ class UpscaledState(TimeState):
         return up
 
 
-def has_upscale(extras: dict) -> bool:
-    return any(k.startswith("upscale.") for k in extras)
+def tunable_from_file(sf: StateFile, cfg: RWKV7Config, source: str = "state") -> TimeState:
+    """The tunable a state file holds: a ``TimeState``, or an ``UpscaledState`` when it carries upscale.*."""
+    sf.check_fits(cfg, source)
+    return UpscaledState.from_state_file(sf, cfg) if sf.upscaled else TimeState(cfg, sf.time_state)
+
+
+def load_tunable(path, cfg: RWKV7Config) -> TimeState:
+    """``load_state`` + ``tunable_from_file``: what generate and eval attach to a model."""
+    from rl_statetune.state import load_state
+
+    return tunable_from_file(load_state(path), cfg, str(path))
 
 
 def param_groups(tunable: TimeState, lr: float, lifted_lr: float | None = None,
@@ -178,15 +187,29 @@ def param_groups(tunable: TimeState, lr: float, lifted_lr: float | None = None,
     return groups
 
 
-def dbp_step(tunable: TimeState, eta: float, kappa: float) -> float | None:
+@torch.no_grad()
+def dbp_step(tunable: TimeState, eta: float, kappa: float, allreduce=None) -> float | None:
     """Apply the DBP update to every layer's R from the features recorded since the last step; returns the
-    mean decorrelation loss over layers (None when nothing was recorded)."""
+    mean decorrelation loss over layers (None when nothing was recorded).
+
+    ``allreduce`` (tensor -> its mean over data-parallel learners) averages the feature statistics first, so
+    every learner applies the same update and R stays identical everywhere."""
     if not isinstance(tunable, UpscaledState):
         return None
-    from rl_statetune.dbp import dbp_update_
+    from rl_statetune.dbp import dbp_update_from_moment_, second_moment_sum
 
-    losses = [dbp_update_(lift.decor.R.data, x, eta, kappa)
-              for lift in tunable.lifts if (x := lift.take_recorded()) is not None]
+    sums, counts = [], []
+    for lift in tunable.lifts:
+        R, x = lift.decor.R, lift.take_recorded()
+        sums.append(torch.zeros_like(R) if x is None else second_moment_sum(R, x))
+        counts.append(0 if x is None else x.shape[0])
+    n = torch.tensor(counts, dtype=sums[0].dtype, device=sums[0].device)
+    if allreduce is not None:
+        flat = allreduce(torch.cat([s.reshape(-1) for s in sums] + [n]))
+        *parts, n = flat.split([s.numel() for s in sums] + [len(counts)])
+        sums = [p.view_as(s) for p, s in zip(parts, sums)]
+    losses = [dbp_update_from_moment_(lift.decor.R.data, s / c, eta, kappa)
+              for lift, s, c in zip(tunable.lifts, sums, n.tolist()) if c > 0]
     return sum(losses) / len(losses) if losses else None
 
 
@@ -200,4 +223,5 @@ def build_upscaled_state(model: RWKV7, kind: str, features: int, support: str = 
     return UpscaledState(model.config, maps)
 
 
-__all__ = ["LayerLift", "UpscaledState", "has_upscale", "param_groups", "dbp_step", "build_upscaled_state"]
+__all__ = ["LayerLift", "UpscaledState", "tunable_from_file", "load_tunable", "param_groups", "dbp_step",
+           "build_upscaled_state"]

@@ -75,7 +75,7 @@ def test_options_are_checked_against_their_backend() -> None:
         ("transformers", {"model": "m", "dtype": "fp8"}, "dtype"),
         ("openai", {"model": "m", "base_url": "localhost:8000"}, "http://"),
         ("openai", {"model": "m", "prompt_template": "no placeholder"}, r"contain \{prompt\}"),
-        ("openai", {"model": "m", "prompt_template": "{question}"}, "only use"),
+        ("openai", {"model": "m", "prompt_template": "{question}"}, r"contain \{prompt\}"),
         ("dataset", {}, "exactly one of"),
         ("dataset", {"path": "a.jsonl", "hf_name": "gsm8k"}, "exactly one of"),
         ("dataset", {"path": "a.jsonl", "score_logprob": 0.5}, "less than or equal to 0"),

@@ -68,3 +68,11 @@ def test_align_pieces_exact_bos_and_undecodable_bytes() -> None:
 def test_scored_text_builder() -> None:
     s = scored_text("x y", [(0, 1), (1, 3)], [-1, -2])
     assert s.pieces == ("x", " y") and s.logprobs == (-1.0, -2.0)
+
+
+def test_one_templating_rule_only_prompt_is_substituted():
+    from rl_statetune_guides.prompting import fill_template
+
+    assert fill_template("{{x}} {0} Q: {prompt}\nA: {prompt}", "2+2?") == "{{x}} {0} Q: 2+2?\nA: 2+2?"
+    with pytest.raises(ValueError, match=r"must contain \{prompt\}"):
+        fill_template("{question}", "x")

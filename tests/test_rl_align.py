@@ -6,7 +6,7 @@ import pytest
 from rl_statetune_guides import ScoredText
 
 from rl_statetune.rl.align import TextQuery, attribute, char_spans, score_texts
-from rl_statetune.rl.testing import CharGuide, char_logprob, text_logprob
+from char_guide import CharGuide, char_logprob, text_logprob
 from rl_statetune.tokenizer import WorldTokenizer
 
 

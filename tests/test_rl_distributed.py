@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from rl_statetune.rl.config import RLConfig
-from rl_statetune.rl.distributed import ResourceError, collective_backend, plan_bundles, preflight
+from rl_statetune.rl.driver import run_rl
+from rl_statetune.rl.ray_executor import ResourceError, collective_backend, plan_bundles, preflight
 from rl_statetune.rl.guides import resolve_guide_config
 from rl_statetune.state import load_state
 
@@ -29,7 +30,7 @@ def cfg_for(model: str, out: Path, **over) -> RLConfig:
         "data": {"train_size": 8, "eval_size": 4},
         "guide": {"task_rationales": True, "options": {"score_logprob": -1.0}},
         "reward": {"kind": "reverse_kl", "samples": 2},
-        "train": {"steps": 3, "prompts_per_step": 2, "log_every": 1, "ckpt_every": 3, "out_dir": str(out),
+        "train": {"steps": 3, "batch_size": 2, "log_every": 1, "ckpt_every": 3, "out_dir": str(out),
                   "eval": False},
         "distributed": {"num_learners": 2, "learner_cpus": 1, "queue_size": 2, "ready_timeout_s": 20},
     }
@@ -39,7 +40,7 @@ def cfg_for(model: str, out: Path, **over) -> RLConfig:
 
 
 def test_preflight_names_what_is_missing(tmp_path):
-    cfg = cfg_for("embedded", tmp_path, guide={"num_cpus": 2, "num_gpus": 1, "replicas": 2},
+    cfg = cfg_for("embedded", tmp_path, guide={"resources": {"num_cpus": 2, "num_gpus": 1, "replicas": 2}},
                   distributed={"num_learners": 4, "learner_gpus": 1})
     g, lrn = plan_bundles(cfg, resolve_guide_config(cfg.guide, cfg.data, tmp_path))
     assert g == [{"CPU": 2, "GPU": 1}] * 2 and lrn == [{"CPU": 1, "GPU": 1}] * 4
@@ -62,17 +63,15 @@ def local_ray():
 
 
 def test_two_learners_stay_in_sync_and_match_single_learner_files(local_ray, tiny_world_ckpt, tmp_path):
-    from rl_statetune.rl.distributed import run_distributed
-
-    res = run_distributed(cfg_for(tiny_world_ckpt, tmp_path))
+    res = run_rl(cfg_for(tiny_world_ckpt, tmp_path), ray=True, progress=False)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert lines[-1]["tokens"] > 0 and lines[-1]["guide_tokens_per_s"] > 0 and "learner_wait_s" in lines[-1]
     state = load_state(tmp_path / "state.pth").time_state
     assert state.abs().sum() > 0                  # the all-reduced gradient moved the state
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert ck["step"] == 3 and len(ck["generators"]) == 2
-    torch.testing.assert_close(ck["time_state"], state)
+    assert ck["step"] == 3 and len(ck["ranks"]) == 2
+    torch.testing.assert_close(ck["tunable"]["time_state"], state)
     assert len(res.rewards) == 3
     # resources come back (asynchronously): the actors were killed and the placement group removed
     deadline = time.time() + 20
@@ -82,11 +81,9 @@ def test_two_learners_stay_in_sync_and_match_single_learner_files(local_ray, tin
 
 
 def test_unplaceable_run_fails_fast(local_ray, tiny_world_ckpt, tmp_path):
-    from rl_statetune.rl.distributed import run_distributed
-
     t0 = time.time()
     with pytest.raises(ResourceError, match=r"needs 5 CPU \(cluster has 3\)"):
-        run_distributed(cfg_for(tiny_world_ckpt, tmp_path, distributed={"num_learners": 5}))
+        run_rl(cfg_for(tiny_world_ckpt, tmp_path, distributed={"num_learners": 5}), ray=True, progress=False)
     assert time.time() - t0 < 30
 
 
@@ -95,12 +92,10 @@ def test_smollm2_guide_two_learners_reward_rises(local_ray, smollm2_dir, tmp_pat
     """configs/rl_cpu_demo.yaml: SmolLM2-135M-Instruct (transformers) in a guide actor, two learners tune the
     embedded model. The prompt pool is one global batch, so every step rewards the same CoTs: the reward rises."""
     from rl_statetune.rl.config import load_rl_config
-    from rl_statetune.rl.distributed import run_distributed
-
     cfg = load_rl_config(REPO / "configs/rl_cpu_demo.yaml", [
         f"guide.options.model={smollm2_dir}", f"train.out_dir={tmp_path}", "train.eval=false",
         "train.steps=10", "distributed.guide_timeout_s=900"])
-    res = run_distributed(cfg)
+    res = run_rl(cfg, ray=True, progress=False)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first = sum(x["match_argmax"] for x in lines[:3]) / 3
     last = sum(x["match_argmax"] for x in lines[-3:]) / 3

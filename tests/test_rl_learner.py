@@ -11,7 +11,7 @@ from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotItem, collate_cots, make_items
 from rl_statetune.rl.learner import Learner
 from rl_statetune.rl.rewards import guide_logprobs_of_actions, match_reward, multistep_reward, reverse_kl_reward
-from rl_statetune.rl.testing import CharGuide, char_logprob, text_logprob
+from char_guide import CharGuide, char_logprob, text_logprob
 from rl_statetune.tokenizer import WorldTokenizer
 
 PROMPTS = ["Q: Tom has 3 apples and buys 4 more. How many apples does Tom have?\nA:", "Q: Mia has 9 pens.\nA:"]
@@ -29,7 +29,7 @@ def model(tiny_world_ckpt):
 
 
 def items(guide: CharGuide, score: bool = True) -> list[CotItem]:
-    cfg = RLConfig.model_validate({"guide": {"task_rationales": True}}).guide
+    cfg = RLConfig.model_validate({"guide": {"task_rationales": True}}).guide.cot
     from rl_statetune.data import Example
 
     exs = [Example(p, "") for p in PROMPTS]

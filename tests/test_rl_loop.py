@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -10,10 +9,10 @@ import torch
 import yaml
 from rl_statetune_guides import Guide, build_guide
 
-from rl_statetune.rl.cli import add_rl_args, rl_main
+from rl_statetune.cli import main as cli_main
 from rl_statetune.rl.config import RLConfig, load_rl_config
 from rl_statetune.rl.guides import resolve_guide_config
-from rl_statetune.rl.loop import run_rl
+from rl_statetune.rl.driver import run_rl
 from rl_statetune.state import load_state
 
 
@@ -41,7 +40,7 @@ def small_cfg(ckpt, out, kind="match", **train) -> RLConfig:
         # the dataset guide scores every whitespace piece -1: reverse-KL rewards change a random model's state
         "guide": {"task_rationales": True, "options": {"score_logprob": -1.0}},
         "reward": {"kind": kind, "samples": 2},
-        "train": {"steps": 3, "prompts_per_step": 2, "log_every": 1, "ckpt_every": 2, "out_dir": str(out),
+        "train": {"steps": 3, "batch_size": 2, "log_every": 1, "ckpt_every": 2, "out_dir": str(out),
                   "eval": False, **train}})
 
 
@@ -67,7 +66,7 @@ def test_run_writes_state_metrics_and_resumes_exactly(tiny_world_ckpt, tmp_path)
 
 def test_resume_refuses_another_config(tiny_world_ckpt, tmp_path):
     run_rl(small_cfg(tiny_world_ckpt, tmp_path, steps=2), progress=False)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"another configuration \(train.seed: 0 -> 5\)"):
         run_rl(small_cfg(tiny_world_ckpt, tmp_path, steps=2, seed=5), resume=True, progress=False)
 
 
@@ -84,9 +83,7 @@ def test_config_errors_are_clear(tmp_path):
 def test_cli_single_process(tiny_world_ckpt, tmp_path, capsys):
     p = tmp_path / "rl.yaml"
     p.write_text(yaml.safe_dump(small_cfg(tiny_world_ckpt, tmp_path / "out", steps=1).model_dump(mode="json")))
-    ap = argparse.ArgumentParser()
-    add_rl_args(ap)
-    assert rl_main(ap.parse_args(["--config", str(p), "--single-process", "--no-progress"])) == 0
+    assert cli_main(["rl", "--config", str(p), "--no-progress"]) == 0
     assert "reward" in capsys.readouterr().out and (tmp_path / "out" / "state.pth").exists()
 
 
@@ -94,7 +91,7 @@ def test_guide_text_is_cut_at_stop_strings_and_max_chars():
     from rl_statetune.rl.config import GuideSection
     from rl_statetune.rl.cot import clean_guide_text
 
-    g = GuideSection(task_rationales=True, stop=["\n", "###"], max_chars=8)
+    g = GuideSection(task_rationales=True, cot={"stop": ["\n", "###"], "max_chars": 8}).cot
     assert clean_guide_text("  Tom has 7.\nMore", g) == "Tom has"
     assert clean_guide_text("ab ### cd", g) == "ab"
-    assert clean_guide_text("abc", GuideSection(task_rationales=True)) == "abc"
+    assert clean_guide_text("abc", GuideSection(task_rationales=True).cot) == "abc"

@@ -10,6 +10,7 @@ import torch
 import rl_statetune.trainer as trainer
 from rl_statetune.cli import main as cli_main
 from rl_statetune.config import parse_config
+from rl_statetune.run.setup import lr_at
 from rl_statetune.state import load_state
 
 
@@ -62,13 +63,13 @@ def test_resume_continues_bit_for_bit(tiny_world_ckpt, tmp_path, monkeypatch):
 
 def test_resume_refuses_a_different_config(tiny_world_ckpt, tmp_path):
     trainer.tune(make_cfg(tiny_world_ckpt, tmp_path, steps=3), progress=False, evaluate=False)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"another configuration \(train.steps: 3 -> 4\)"):
         trainer.tune(make_cfg(tiny_world_ckpt, tmp_path, steps=4), resume=True, progress=False, evaluate=False)
 
 
 def test_lr_schedule_is_geometric_from_lr_to_lr_final():
     cfg = parse_config({"optim": {"lr": 1.0, "lr_final": 0.01, "warmup_steps": 2}}).optim
-    lrs = [trainer.lr_at(s, 12, cfg) for s in range(12)]
+    lrs = [lr_at(s, 12, cfg) for s in range(12)]
     assert lrs[:3] == [0.5, 1.0, 1.0] and lrs[-1] == pytest.approx(0.01)
     ratios = [b / a for a, b in zip(lrs[2:], lrs[3:])]
     assert ratios == pytest.approx([0.01 ** (1 / 9)] * 9)

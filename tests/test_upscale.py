@@ -13,7 +13,7 @@ from rl_statetune.features import FEATURE_MAPS
 from rl_statetune.model import RWKV7
 from rl_statetune.state import TimeState, load_state, save_state
 from rl_statetune.support import build_feature_maps, collect_directions, spherical_kmeans
-from rl_statetune.upscale import LayerLift, UpscaledState, build_upscaled_state
+from rl_statetune.upscale import LayerLift, UpscaledState, build_upscaled_state, tunable_from_file
 
 M = 24  # 1.5 N for the tiny model (N = 16); taylor uses d = 4 -> 21 features
 
@@ -171,7 +171,7 @@ def test_artifacts_reload_with_identical_logits(tiny_ckpt, tmp_path, kind, suffi
     path = save_state(tmp_path / f"s{suffix}", up.time_state, metadata={"steps": 1, **up.metadata()},
                       extras=up.extras())
     sf = load_state(path)
-    back = sf.to_module(model.config)
+    back = tunable_from_file(sf, model.config)
     assert isinstance(back, UpscaledState) and back.kind == kind
     if suffix == ".safetensors":
         assert sf.metadata["upscale"]["feature_map"] == kind
@@ -227,7 +227,7 @@ def test_tune_with_upscale_and_dbp_saves_loadable_artifacts(tiny_world_ckpt, tmp
     assert len(recs) == 3 and all(r["decor_loss"] > 0 and r["lifted_norm"] > 0 for r in recs)
     sf = load_state(tmp_path / "state.safetensors")
     assert sf.metadata["upscale"] == {"feature_map": "rbf", "features": 12, "basis_rows": 12}
-    up = sf.to_module(load_model(str(tiny_world_ckpt)).config)
+    up = tunable_from_file(sf, load_model(str(tiny_world_ckpt)).config)
     assert isinstance(up, UpscaledState) and up.lifted_state.abs().sum() > 0
     assert not torch.equal(up.lifts[0].decor.R, torch.eye(12).expand_as(up.lifts[0].decor.R))
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)

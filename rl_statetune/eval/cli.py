@@ -82,11 +82,12 @@ def _load(model_path: str, state_paths: list[str], device: str = "cpu") -> tuple
     states: dict[str, InitStateFn] = {}
     if state_paths:
         from rl_statetune.state import initial_state_fn, load_state
+        from rl_statetune.upscale import tunable_from_file
 
         for name, path in zip(_run_names(state_paths), state_paths):
             state_file = load_state(path)
             state_file.check_fits(model.config, source=str(path))
-            states[name] = initial_state_fn(model, state_file.to_module(model.config).to(device))
+            states[name] = initial_state_fn(model, tunable_from_file(state_file, model.config).to(device))
     return model, WorldTokenizer(), states
 
 

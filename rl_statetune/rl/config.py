@@ -4,11 +4,12 @@ One YAML file holds every section::
 
     model: {path: embedded}
     data: {task: synthetic, target_format: hash}
-    guide: {config: configs/guides/smollm2_transformers.yaml, max_tokens: 48}
+    guide: {config: configs/guides/smollm2_transformers.yaml, cot: {max_tokens: 48}}
     reward: {kind: match, samples: 4}
     pg: {advantage: group, l2: 0.0}
     optim: {lr: 0.1, lr_final: 0.01}
-    train: {steps: 40, prompts_per_step: 4, out_dir: runs/rl}
+    upscale: {enabled: true, features: 64}     # the same tunables as ``tune``: S0, S~0, R (+ dbp)
+    train: {steps: 40, batch_size: 4, out_dir: runs/rl}
     distributed: {num_learners: 2}
 """
 
@@ -19,26 +20,45 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rl_statetune.config import DataConfig, ModelConfig, OptimConfig, Section, load_config
+from rl_statetune.config import OptimConfig, RunConfig, Section, TrainConfig, load_config
 
 
-class GuideSection(Section):
-    """Which guide writes the chain of thought, and how its text becomes the learner's target."""
+class GuideResources(Section):
+    """Where the guide runs (Ray only): overrides of the guide config's resources, and how many replicas."""
 
-    config: str | None = None                  # a guide YAML (configs/guides/*.yaml)
-    inline: dict[str, Any] | None = None       # or the same mapping inline
-    task_rationales: bool = False              # or a dataset guide serving the task's own reference targets
-    options: dict[str, Any] = Field(default_factory=dict)  # override the guide config's backend options (e.g. model: ...)
-    num_cpus: float | None = Field(None, ge=0)  # override the guide config's Ray resources
+    num_cpus: float | None = Field(None, ge=0)
     num_gpus: float | None = Field(None, ge=0)
-    replicas: int = Field(1, gt=0)             # guide actors (Ray only)
+    replicas: int = Field(1, gt=0)
+
+
+class CotText(Section):
+    """What the guide is asked and how its text becomes the learner's target."""
+
     max_tokens: int = Field(64, gt=0)          # guide generation budget per CoT
     temperature: float = Field(0.0, ge=0)
-    prompt_template: str = "{prompt}"          # what the guide is asked; {prompt} is the task prompt
+    prompt_template: str = "{prompt}"          # what the guide is asked; {prompt} is the task prompt (the only
+    #                                            placeholder: other braces are literal, see guides.fill_template)
     join: str = " "                            # put between the task prompt and the guide's text
     suffix: str = "\n"                         # appended to the CoT (the task's end of answer); never scored
     max_chars: int = Field(400, gt=0)          # CoT text is cut here
     stop: list[str] = Field(default_factory=list)  # and at the first of these strings (e.g. "\n": one line)
+
+    @model_validator(mode="after")
+    def _has_prompt(self):
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError("guide.cot.prompt_template must contain {prompt}")
+        return self
+
+
+class GuideSection(Section):
+    """Which guide writes the chain of thought (exactly one source), where it runs, and how its text is used."""
+
+    config: str | None = None                  # a guide YAML (configs/guides/*.yaml)
+    inline: dict[str, Any] | None = None       # or the same mapping inline
+    task_rationales: bool = False              # or a dataset guide serving the task's own reference targets
+    options: dict[str, Any] = Field(default_factory=dict)  # override the guide config's backend options
+    resources: GuideResources = GuideResources()
+    cot: CotText = CotText()
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -46,8 +66,6 @@ class GuideSection(Section):
         if n != 1:
             raise ValueError("set exactly one of guide.config (a guide YAML), guide.inline (a guide mapping) "
                              "and guide.task_rationales: true")
-        if "{prompt}" not in self.prompt_template:
-            raise ValueError("guide.prompt_template must contain {prompt}")
         return self
 
 
@@ -74,19 +92,6 @@ class PGConfig(Section):
     l2: float = Field(0.0, ge=0)               # penalty l2 * mean(S0^2): keeps the state near the frozen model
 
 
-class RLTrainConfig(Section):
-    steps: int = Field(40, gt=0)
-    prompts_per_step: int = Field(4, gt=0)     # per learner
-    log_every: int = Field(5, gt=0)
-    ckpt_every: int = Field(20, gt=0)
-    out_dir: str = "runs/rl"
-    seed: int = 0
-    max_len: int = Field(256, gt=1)
-    eval: bool = True                          # held-out accuracy before / after (synthetic task)
-    eval_max_new_tokens: int = Field(40, gt=0)
-    eval_size: int | None = Field(None, gt=0)  # cap the held-out set
-
-
 class DistributedConfig(Section):
     num_learners: int = Field(2, gt=0)
     learner_cpus: float = Field(1.0, ge=0)
@@ -100,14 +105,16 @@ class DistributedConfig(Section):
     guide_timeout_s: float = Field(600.0, gt=0)
 
 
-class RLConfig(Section):
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
+class RLConfig(RunConfig):
+    """A guide-driven RL run: every section of ``tune`` (model, data, optim, train, upscale, dbp) plus the guide,
+    the reward, the policy gradient and the Ray layout."""
+
     guide: GuideSection
     reward: RewardConfig = RewardConfig()
     pg: PGConfig = PGConfig()
     optim: OptimConfig = OptimConfig(lr=0.1, lr_final=0.01)
-    train: RLTrainConfig = RLTrainConfig()
+    train: TrainConfig = TrainConfig(steps=40, batch_size=4, log_every=5, ckpt_every=20, out_dir="runs/rl",
+                                     eval_max_new_tokens=40)
     distributed: DistributedConfig = DistributedConfig()
 
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import torch
 from rl_statetune_guides import ScoredText
+from rl_statetune_guides.prompting import fill_template
 
 from rl_statetune.data import Example
 from rl_statetune.rl.align import attribute, char_spans
-from rl_statetune.rl.config import GuideSection
+from rl_statetune.rl.config import CotText
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class CotItem:
         return self.join + self.guide_text + self.suffix
 
 
-def make_items(examples: Sequence[Example], texts: Sequence[str], cfg: GuideSection,
+def make_items(examples: Sequence[Example], texts: Sequence[str], cfg: CotText,
                scored: Sequence[ScoredText] | None = None) -> list[CotItem]:
     """Pair task examples with the guide's raw outputs (stripped and cut to ``cfg.max_chars``)."""
     if len(examples) != len(texts):
@@ -41,11 +42,11 @@ def make_items(examples: Sequence[Example], texts: Sequence[str], cfg: GuideSect
             for i, (e, t) in enumerate(zip(examples, texts))]
 
 
-def guide_prompt(prompt: str, cfg: GuideSection) -> str:
-    return cfg.prompt_template.replace("{prompt}", prompt)
+def guide_prompt(prompt: str, cfg: CotText) -> str:
+    return fill_template(cfg.prompt_template, prompt)
 
 
-def clean_guide_text(text: str, cfg: GuideSection) -> str:
+def clean_guide_text(text: str, cfg: CotText) -> str:
     """Strip, cut at the first stop string, then at ``max_chars``."""
     text = text.strip()
     cut = min((text.find(s) for s in cfg.stop if s and s in text), default=len(text))

@@ -20,7 +20,8 @@ def write_task_rationales(section: GuideSection, data: DataConfig, path: Path) -
     train, held = load_examples(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        f.writelines(json.dumps({"question": guide_prompt(e.prompt, section), "answer": e.target.strip()}) + "\n" for e in train + held)
+        f.writelines(json.dumps({"question": guide_prompt(e.prompt, section.cot), "answer": e.target.strip()}) + "\n"
+                     for e in train + held)
     return path
 
 
@@ -41,6 +42,7 @@ def resolve_guide_config(section: GuideSection, data: DataConfig, work_dir: str 
     if section.options:
         data = cfg.model_dump(mode="json")
         cfg = GuideConfig.model_validate({**data, "options": {**data["options"], **section.options}})
-    res = cfg.resources.model_copy(update={k: v for k, v in (("num_cpus", section.num_cpus),
-                                                                ("num_gpus", section.num_gpus)) if v is not None})
+    r = section.resources
+    res = cfg.resources.model_copy(update={k: v for k, v in (("num_cpus", r.num_cpus), ("num_gpus", r.num_gpus))
+                                           if v is not None})
     return cfg.model_copy(update={"resources": res})

@@ -1,15 +1,14 @@
-"""The learner: a frozen RWKV-7 whose only trainable parameter is its initial WKV state.
+"""The learner: a frozen RWKV-7 whose only trainable parameters are its tunables (the initial WKV state S0;
+with ``upscale`` also the lifted state S~0 and the decorrelation R, which DBP updates after every step).
 
 A step scores every position of a batch of guide CoTs in ONE teacher-forced parallel forward: the hidden
 states at all CoT positions give the learner's next-token distributions, ``G`` actions are sampled per
-position, rewarded against the guide, and the policy-gradient surrogate is backpropagated into the state.
+position, rewarded against the guide, and the policy-gradient surrogate is backpropagated into the tunables.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-
 import torch
 from rl_statetune_guides import Guide
 
@@ -25,26 +24,32 @@ from rl_statetune.rl.rewards import (
     reverse_kl_reward,
 )
 from rl_statetune.rl.rollout import sample_rollouts, sequence_logprobs
+from rl_statetune.run.setup import AllReduce, guarded_step, lr_at, make_optimizer, set_lr, state_norms
 from rl_statetune.state import TimeState
-from rl_statetune.trainer import lr_at
 
 GUIDE_SCORED_REWARDS = ("guide_logprob", "reverse_kl", "multistep")
-AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Learner:
     """Policy-gradient state tuning. ``guide`` is needed by the rewards that ask it for log-probabilities."""
 
-    def __init__(self, model: RWKV7, tokenizer, cfg: RLConfig, guide: Guide | None = None, seed: int = 0):
+    def __init__(self, model: RWKV7, tokenizer, cfg: RLConfig, guide: Guide | None = None, seed: int = 0,
+                 tunable: TimeState | None = None):
+        """``tunable``: the run's tunables (``run.setup.make_tunable``); default a zero ``TimeState``."""
         if cfg.reward.kind in GUIDE_SCORED_REWARDS and guide is None:
             raise ValueError(f"reward {cfg.reward.kind!r} asks the guide for log-probabilities; pass a guide")
         self.model, self.tok, self.cfg, self.guide = model, tokenizer, cfg, guide
         self.device = model.emb.weight.device
-        self.state = TimeState(model.config).to(self.device)
-        o = cfg.optim
-        self.opt = torch.optim.AdamW(self.state.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.state = (tunable if tunable is not None else TimeState(model.config)).to(self.device)
+        self.opt = make_optimizer(self.state, cfg)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.baseline = EmaBaseline(cfg.pg.ema_decay)
+
+    def penalty(self) -> torch.Tensor:
+        """``pg.l2`` on the states (S0 and S~0): both start at zero, the frozen model."""
+        pen = l2_penalty(self.state.time_state, self.cfg.pg.l2)
+        lifted = getattr(self.state, "lifted_state", None)
+        return pen if lifted is None else pen + l2_penalty(lifted, self.cfg.pg.l2)
 
     def init_state(self, batch_size: int):
         return self.state.initial_state(self.model, batch_size)
@@ -100,7 +105,7 @@ class Learner:
         rewards = self.single_step_rewards(batch, logp_r, actions, rows)
         adv = advantages(rewards, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
         lp = logp_r.gather(1, actions)
-        loss = pg_loss(lp, adv.to(lp.device)) + l2_penalty(self.state.time_state, pc.l2)
+        loss = pg_loss(lp, adv.to(lp.device)) + self.penalty()
         targets = batch.targets.to(self.device)
         return loss, {"reward": float(rewards.mean()),
                       "match_argmax": float((logp.detach().argmax(-1) == targets).float().mean()),
@@ -133,7 +138,7 @@ class Learner:
         rewards = multistep_reward(self.guide, items, chars, [texts[n * G:(n + 1) * G] for n in range(N)],
                                    seq_lp.view(N, G).cpu(), k, rc.floor_logprob)
         adv = advantages(rewards, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
-        loss = pg_loss(seq_lp.view(N, G), adv.to(seq_lp.device)) + l2_penalty(self.state.time_state, pc.l2)
+        loss = pg_loss(seq_lp.view(N, G), adv.to(seq_lp.device)) + self.penalty()
         return loss, {"reward": float(rewards.mean()), "positions": N * G * k}
 
     def _rollout_text(self, ids: list[int]) -> str:
@@ -143,30 +148,28 @@ class Learner:
     # -- optimisation ------------------------------------------------------------------------------------------
     def train_step(self, items: list[CotItem], step: int, total_steps: int,
                    allreduce: AllReduce | None = None) -> dict:
-        """One update from ``items``; ``allreduce`` averages the state gradient over data-parallel learners."""
+        """One update from ``items``: policy gradient into every tunable, then DBP. ``allreduce`` averages the
+        gradients and the DBP statistics over data-parallel learners (so their tunables stay identical)."""
         t0 = time.perf_counter()
         batch = self.collate(items)
         self.opt.zero_grad(set_to_none=True)
         loss, metrics = self.loss(batch)
         loss.backward()
-        grad = self.state.time_state.grad
-        if allreduce is not None:
-            grad.copy_(allreduce(grad))
-        torch.nn.utils.clip_grad_norm_(self.state.parameters(), self.cfg.optim.grad_clip)
         lr = lr_at(step, total_steps, self.cfg.optim)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.opt.step()
+        set_lr(self.opt, lr)
+        stepped = guarded_step(self.state, self.opt, float(loss.detach()), self.cfg, step, allreduce)
         metrics.update(loss=float(loss.detach()), lr=lr, tokens=batch.n_tokens, learner_s=time.perf_counter() - t0,
-                       state_norm=float(self.state.time_state.detach().norm()))
+                       skipped=int(not stepped), **state_norms(self.state))
         return metrics
 
     def checkpoint(self) -> dict:
-        return {"time_state": self.state.time_state.detach().cpu().clone(), "optimizer": self.opt.state_dict(),
-                "baseline": self.baseline.value, "generator": self.generator.get_state()}
+        """Every tunable (S0, S~0, R and the feature bases), the optimiser, the baseline and the sampler."""
+        return {"tunable": {k: v.detach().cpu().clone() for k, v in self.state.state_dict().items()},
+                "optimizer": self.opt.state_dict(), "baseline": self.baseline.value,
+                "generator": self.generator.get_state()}
 
     def load_checkpoint(self, ckpt: dict) -> None:
-        self.state.time_state.data.copy_(ckpt["time_state"].to(self.device))
+        self.state.load_state_dict(ckpt["tunable"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.baseline.value = ckpt["baseline"]
         self.generator.set_state(ckpt["generator"])

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from rl_statetune_guides import Guide
 
 from rl_statetune.data import Example
-from rl_statetune.rl.config import GuideSection
+from rl_statetune.rl.config import CotText
 from rl_statetune.rl.cot import CotItem, clean_guide_text, guide_prompt, make_items
-from rl_statetune.trainer import BatchOrder
+from rl_statetune.run.setup import BatchOrder
 
 # rewards that need the guide's scores of its own CoT (to reward actions that equal the guide's token)
 NEEDS_COT_SCORES = ("guide_logprob", "reverse_kl")
@@ -33,7 +33,7 @@ class GuideStats:
 class CotSource:
     """``batch(i)`` asks the guide for the CoTs of the i-th batch of task prompts."""
 
-    def __init__(self, guide: Guide, examples: list[Example], section: GuideSection, batch_size: int,
+    def __init__(self, guide: Guide, examples: list[Example], section: CotText, batch_size: int,
                  seed: int, tokenizer, score: bool = False):
         if not examples:
             raise ValueError("no task examples to ask the guide about")

@@ -1,6 +1,10 @@
 """The Ray actor bodies of a distributed RL run: the CoT producer and the data-parallel learners.
 
-Plain classes (usable and testable in-process); ``rl_statetune.rl.distributed`` wraps them with ``ray.remote``.
+Plain classes (usable and testable in-process); ``rl_statetune.rl.ray_executor`` wraps them with ``ray.remote``.
+
+Batches are assigned deterministically: batch ``i = step * N + rank`` goes to learner ``rank`` through that
+learner's own queue, whatever order the guide replicas finish in, so a run is reproducible for a fixed seed
+and learner count (and a resumed run equals an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from rl_statetune.rl.source import NEEDS_COT_SCORES, CotSource, GuideStats
 
 
 class CotProducer:
-    """Asks the guide actor(s) for CoT batches and puts them on a bounded queue, ahead of the learners.
+    """Asks the guide actor(s) for CoT batches and puts ``(i, items)`` on learner ``i % N``'s bounded queue.
 
     Batch ``i`` goes to guide replica ``i % R``; one thread per replica, so replicas generate concurrently. A
-    full queue blocks the producer (back-pressure); an empty one makes the learners wait (logged).
+    full queue blocks the producer (back-pressure); an empty one makes its learner wait (logged).
     """
 
-    def __init__(self, cfg: dict, guide_handles: list, queue: Any, guide_timeout_s: float | None = None):
+    def __init__(self, cfg: dict, guide_handles: list, queues: list, guide_timeout_s: float | None = None):
         from rl_statetune_guides.ray_actor import RemoteGuide
 
         from rl_statetune.data import load_examples
@@ -33,23 +37,23 @@ class CotProducer:
         train, _ = load_examples(self.cfg.data)
         tok = WorldTokenizer()
         score = self.cfg.reward.kind in NEEDS_COT_SCORES
-        self.sources = [CotSource(RemoteGuide(h, guide_timeout_s), train, self.cfg.guide,
-                                  self.cfg.train.prompts_per_step, self.cfg.train.seed, tok, score)
+        self.sources = [CotSource(RemoteGuide(h, guide_timeout_s), train, self.cfg.guide.cot,
+                                  self.cfg.train.batch_size, self.cfg.train.seed, tok, score)
                         for h in guide_handles]
-        self.queue = queue
+        self.queues = queues
         self.put_wait_s = 0.0
 
     def run(self, first: int, count: int) -> dict:
         """Produce batches ``first .. first+count-1``; returns the final stats (raises a guide's error)."""
         errors: list[Exception] = []
-        R = len(self.sources)
+        R, N = len(self.sources), len(self.queues)
 
         def work(r: int) -> None:
             try:
                 for i in range(first + r, first + count, R):
                     items = self.sources[r].batch(i)
                     t0 = time.perf_counter()
-                    self.queue.put(items)
+                    self.queues[i % N].put((i, items))
                     self.put_wait_s += time.perf_counter() - t0
             except Exception as e:  # noqa: BLE001 - surfaced to the driver through run()'s result
                 errors.append(e)
@@ -76,12 +80,11 @@ class CotProducer:
 
 
 class LearnerWorker:
-    """One data-parallel learner: takes its own CoT batch from the queue, all-reduces the state gradient."""
+    """One data-parallel learner: takes its batches from its own queue, all-reduces gradients and DBP stats."""
 
     def __init__(self, cfg: dict, rank: int, world_size: int, queue: Any, guide_handle: Any = None,
                  group: str = "rl_learners", backend: str = "gloo", queue_timeout_s: float | None = None):
-        from rl_statetune.tokenizer import WorldTokenizer
-        from rl_statetune.checkpoint import load_model
+        from rl_statetune.run.setup import make_tunable, start_run
 
         self.cfg = RLConfig.model_validate(cfg)
         d = self.cfg.distributed
@@ -89,16 +92,17 @@ class LearnerWorker:
         torch.manual_seed(self.cfg.train.seed)
         self.rank, self.world, self.queue, self.group, self.backend = rank, world_size, queue, group, backend
         self.queue_timeout_s = queue_timeout_s
-        device = "cuda" if d.learner_gpus > 0 else "cpu"
-        m = self.cfg.model
-        model = load_model(m.path, m.dtype, device, m.wkv_backend)
+        model, tok, train, _ = start_run(self.cfg, "cuda" if d.learner_gpus > 0 else "cpu")
+        tunable = make_tunable(model, tok, train, self.cfg)   # deterministic: identical on every learner
         guide = None
         if self.cfg.reward.kind in GUIDE_SCORED_REWARDS:
             from rl_statetune_guides.ray_actor import RemoteGuide
 
             guide = RemoteGuide(guide_handle, queue_timeout_s)
-        # every learner samples differently; the gradients are averaged, so the states stay identical
-        self.learner = Learner(model, WorldTokenizer(), self.cfg, guide, seed=self.cfg.train.seed + 7919 * rank)
+        # every learner samples differently; the gradients are averaged, so the tunables stay identical
+        self.learner = Learner(model, tok, self.cfg, guide, seed=self.cfg.train.seed + 7919 * rank,
+                               tunable=tunable)
+        self.pending: dict[int, list] = {}
         self.wait_s = 0.0
 
     def setup_collective(self) -> int:
@@ -109,18 +113,25 @@ class LearnerWorker:
             collective.init_collective_group(self.world, self.rank, backend=self.backend, group_name=self.group)
         return self.rank
 
-    def _allreduce(self, grad: torch.Tensor) -> torch.Tensor:
+    def _allreduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
-            return grad
+            return t
         from ray.util import collective
 
-        t = grad.contiguous()
+        t = t.contiguous()
         collective.allreduce(t, group_name=self.group)
         return t / self.world
 
+    def _batch(self, index: int) -> list:
+        """Batch ``index`` from this learner's queue (replicas may deliver out of order)."""
+        while index not in self.pending:
+            i, items = self.queue.get(block=True, timeout=self.queue_timeout_s)
+            self.pending[i] = items
+        return self.pending.pop(index)
+
     def step(self, step: int, total_steps: int) -> dict:
         t0 = time.perf_counter()
-        items = self.queue.get(block=True, timeout=self.queue_timeout_s)
+        items = self._batch(step * self.world + self.rank)
         waited = time.perf_counter() - t0
         self.wait_s += waited
         m = self.learner.train_step(items, step, total_steps, allreduce=self._allreduce)
@@ -129,15 +140,17 @@ class LearnerWorker:
     def checkpoint(self) -> dict:
         return self.learner.checkpoint()
 
-    def generator_state(self) -> torch.Tensor:
-        return self.learner.generator.get_state()
+    def rank_state(self) -> dict:
+        """What differs between learners: the sampling generator and the EMA baseline."""
+        return {"generator": self.learner.generator.get_state(), "baseline": self.learner.baseline.value}
 
     def load_checkpoint(self, ckpt: dict) -> None:
-        """Rank 0's state and optimiser (identical on every rank); this rank's own sampling generator."""
-        gens = ckpt.get("generators")
-        if gens is not None and len(gens) != self.world:
-            raise ValueError(f"checkpoint was written by {len(gens)} learners; this run has {self.world}")
-        self.learner.load_checkpoint({**ckpt, "generator": gens[self.rank] if gens else ckpt["generator"]})
+        """Rank 0's tunables and optimiser (identical on every rank); this rank's own generator and baseline."""
+        ranks = ckpt.get("ranks")
+        if ranks is not None and len(ranks) != self.world:
+            raise ValueError(f"checkpoint was written by {len(ranks)} learners; this run has {self.world}")
+        self.learner.load_checkpoint({**ckpt, **(ranks[self.rank] if ranks else {})})
 
-    def state_checksum(self) -> float:
-        return float(self.learner.state.time_state.detach().double().abs().sum())
+    def state_checksum(self) -> list[float]:
+        """One sum per tunable tensor: equal on every learner when the all-reduce works (R included)."""
+        return [float(p.detach().double().abs().sum()) for p in self.learner.state.parameters()]

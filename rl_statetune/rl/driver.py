@@ -1,0 +1,175 @@
+"""The one RL driver: a run folder, the frozen model, a step executor, the loop, the final state.
+
+    data -> guide (rl.source) -> reward (rl.rewards) -> policy gradient (rl.learner) -> tunables
+
+The executor runs one step of the run: :class:`LocalExecutor` alternates the guide and one learner in this
+process; ``rl.ray_executor.RayExecutor`` runs guide actors and N learner actors on Ray. Everything else (resume,
+metrics, checkpoints, signals, held-out accuracy, the saved artefact) is here, shared by both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from rl_statetune_guides import Guide, build_guide
+from tqdm.auto import tqdm
+
+from rl_statetune.rl.config import RLConfig
+from rl_statetune.rl.guides import resolve_guide_config
+from rl_statetune.rl.learner import GUIDE_SCORED_REWARDS, Learner
+from rl_statetune.rl.source import NEEDS_COT_SCORES, CotSource
+from rl_statetune.run.folder import Interrupted, RunDir, stop_on_signals
+from rl_statetune.run.heldout import run_accuracy
+from rl_statetune.run.setup import make_tunable, save_tuned, start_run
+
+log = logging.getLogger("rl_statetune.rl")
+
+
+@dataclass
+class RLResult:
+    out_dir: str
+    steps: int
+    reward_first: float            # mean reward of the first steps (max(3, log_every), at most half the run)
+    reward_last: float             # mean reward of as many last steps
+    rewards: list[float] = field(default_factory=list)   # per step
+    acc_before: float = float("nan")
+    acc_after: float = float("nan")
+    guide_tokens_per_s: float = float("nan")
+    learner_tokens_per_s: float = float("nan")
+    learner_wait_s: float = 0.0
+    seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RLResult":
+        return cls(**{k: (float("nan") if v is None else v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def window_means(rewards: list[float], window: int) -> tuple[float, float]:
+    if not rewards:
+        return float("nan"), float("nan")
+    w = max(1, min(window, len(rewards) // 2 or 1))
+    return sum(rewards[:w]) / w, sum(rewards[-w:]) / w
+
+
+class Executor(Protocol):
+    def start(self, first_step: int, total_steps: int, saved: dict | None) -> None: ...
+    def step(self, step: int, total_steps: int) -> dict: ...
+    def stats(self) -> dict: ...
+    def checkpoint(self) -> dict: ...
+    def final(self) -> dict: ...
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Guide and one learner alternate in this process (``learner_wait_s`` is the time spent on the guide)."""
+
+    def __init__(self, cfg: RLConfig, model, tok, train, tunable, work_dir: Path, guide: Guide | None = None):
+        self.own_guide = guide is None
+        self.guide = build_guide(resolve_guide_config(cfg.guide, cfg.data, work_dir)) if guide is None else guide
+        self.learner = Learner(model, tok, cfg, self.guide if cfg.reward.kind in GUIDE_SCORED_REWARDS else None,
+                               seed=cfg.train.seed, tunable=tunable)
+        self.source = CotSource(self.guide, train, cfg.guide.cot, cfg.train.batch_size, cfg.train.seed, tok,
+                                score=cfg.reward.kind in NEEDS_COT_SCORES)
+
+    def start(self, first_step: int, total_steps: int, saved: dict | None) -> None:
+        if saved is not None:
+            self.learner.load_checkpoint(saved)
+
+    def step(self, step: int, total_steps: int) -> dict:
+        t0 = time.perf_counter()
+        items = self.source.batch(step)          # batch step * N + rank with N = 1
+        waited = time.perf_counter() - t0
+        return {**self.learner.train_step(items, step, total_steps), "wait_s": waited}
+
+    def stats(self) -> dict:
+        return {"guide_tokens_per_s": self.source.stats.tokens_per_s}
+
+    def checkpoint(self) -> dict:
+        return self.learner.checkpoint()
+
+    def final(self) -> dict:
+        return self.learner.checkpoint()["tunable"]
+
+    def close(self) -> None:
+        if self.own_guide:
+            self.guide.close()
+
+
+def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Guide | None = None,
+           ray: bool = False, overwrite: bool = False) -> RLResult:
+    """Tune the tunables with guide rewards, in this process or (``ray``) on Ray with
+    ``distributed.num_learners`` learners. ``guide`` overrides ``cfg.guide`` in-process (e.g. a loaded model)."""
+    t_start = time.time()
+    run = RunDir(cfg.train.out_dir, cfg.model_dump(mode="json"), resume, overwrite)
+    finished = run.open()
+    if finished is not None:
+        return RLResult.from_dict(finished)
+    saved = run.load_checkpoint() if resume else None
+    torch.manual_seed(cfg.train.seed)
+    model, tok, train, held = start_run(cfg)     # the driver's copy evaluates and writes the artefact
+    tunable = make_tunable(model, tok, train, cfg)
+    start, acc_before, rewards = 0, float("nan"), []
+    if saved is not None:
+        start, acc_before, rewards = saved["step"], saved["acc_before"], saved["rewards"]
+        log.info("resuming %s at step %d", run.path, start)
+    else:
+        acc_before = run_accuracy(cfg, model, tok, held, None)
+    if ray:
+        from rl_statetune.rl.ray_executor import RayExecutor
+
+        ex: Executor = RayExecutor(cfg, run.path)
+    else:
+        ex = LocalExecutor(cfg, model, tok, train, tunable, run.path, guide)
+    steps = cfg.train.steps
+    learner_s = wait_s = 0.0
+    tokens = 0
+    try:
+        ex.start(start, steps, saved)
+        with run.metrics() as metrics, stop_on_signals() as stop:
+            for step in tqdm(range(start, steps), initial=start, total=steps, desc="rl", disable=not progress):
+                m = ex.step(step, steps)
+                learner_s += m.pop("learner_s")
+                wait_s += m.pop("wait_s")
+                tokens += m["tokens"]
+                rewards.append(m["reward"])
+                if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
+                    rec = {"step": step + 1, **m, **ex.stats(), "tokens": tokens,
+                           "learner_tokens_per_s": tokens / max(learner_s, 1e-9), "learner_wait_s": wait_s}
+                    metrics.write(rec)
+                    log.info("step %d reward %.4f loss %.4f guide %.0f tok/s learner %.0f tok/s waited %.1f s",
+                             step + 1, m["reward"], m["loss"], rec["guide_tokens_per_s"],
+                             rec["learner_tokens_per_s"], wait_s)
+                if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == steps or stop:
+                    run.save_checkpoint(step + 1, {**ex.checkpoint(), "acc_before": acc_before, "rewards": rewards})
+                if stop and step + 1 < steps:
+                    raise Interrupted(stop.signum, step + 1, run.path)
+        final = ex.final()
+        guide_rate = ex.stats()["guide_tokens_per_s"]
+    finally:
+        ex.close()
+    tunable.load_state_dict(final)
+    save_tuned(run.path, tunable, cfg, model, {"steps": steps})
+    first, last = window_means(rewards, max(3, cfg.train.log_every))
+    res = RLResult(str(run.path), steps, first, last, rewards, acc_before,
+                   run_accuracy(cfg, model, tok, held, tunable), guide_rate, tokens / max(learner_s, 1e-9),
+                   wait_s, time.time() - t_start)
+    run.write_result(asdict(res))
+    return res
+
+
+def summary(res: RLResult, evaluated: bool) -> str:
+    acc = (f"held-out accuracy {res.acc_before:.3f} -> {res.acc_after:.3f}" if evaluated
+           else "held-out accuracy not evaluated (train.eval: false)")
+    rate = "n/a" if math.isnan(res.guide_tokens_per_s) else f"{res.guide_tokens_per_s:.1f}"
+    return (f"reward {res.reward_first:.4f} -> {res.reward_last:.4f} over {res.steps} steps; {acc}\n"
+            f"guide {rate} tok/s, learner {res.learner_tokens_per_s:.1f} tok/s, learner waited "
+            f"{res.learner_wait_s:.1f} s, {res.seconds:.0f} s in all")
+
+
+__all__ = ["Executor", "LocalExecutor", "RLResult", "run_rl", "summary", "window_means"]

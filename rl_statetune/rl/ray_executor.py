@@ -1,0 +1,221 @@
+"""The Ray step executor: guide actor(s), a CoT producer, and N data-parallel learner actors.
+
+    guide actor(s) --generate--> CotProducer --queue per learner--> learner 0 .. N-1 --all-reduce--> same step
+
+* Every actor with resources lives in one placement group (one bundle per guide replica and per learner).
+  A pre-flight check compares the bundles with the cluster's resources and fails fast, naming what is missing.
+* The producer runs ahead of the learners by up to ``distributed.queue_size`` batches per learner, so guide
+  generation overlaps learning; the time learners wait on their queue is logged.
+* Learner ``rank`` trains on batch ``step * N + rank``; gradients (S0, S~0, R) and DBP statistics are averaged
+  with ``ray.util.collective`` (gloo on CPU, nccl on GPU), so the learners' tunables stay identical (checked at
+  the end).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rl_statetune_guides import GuideConfig
+
+from rl_statetune.rl.config import RLConfig
+from rl_statetune.rl.guides import resolve_guide_config
+from rl_statetune.rl.workers import CotProducer, LearnerWorker
+
+log = logging.getLogger("rl_statetune.rl.ray")
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot host the requested guide and learner actors."""
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+
+
+def plan_bundles(cfg: RLConfig, guide: GuideConfig) -> tuple[list[dict], list[dict]]:
+    """(guide bundles, learner bundles); a bundle is empty for an actor that needs no resources."""
+    g = [_bundle(guide.resources.num_cpus, guide.resources.num_gpus)] * cfg.guide.resources.replicas
+    d = cfg.distributed
+    return g, [_bundle(d.learner_cpus, d.learner_gpus)] * d.num_learners
+
+
+def preflight(bundles: list[dict], cluster: dict[str, float]) -> None:
+    """Raise :class:`ResourceError` when the bundles cannot fit the cluster's total resources."""
+    need: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            need[k] = need.get(k, 0.0) + v
+    short = {k: (v, cluster.get(k, 0.0)) for k, v in need.items() if v > cluster.get(k, 0.0) + 1e-9}
+    if short:
+        what = ", ".join(f"{v:g} {k} (cluster has {have:g})" for k, (v, have) in short.items())
+        raise ResourceError(
+            f"the run needs {what}: guide replicas x guide resources + num_learners x learner resources. "
+            "Lower distributed.num_learners / learner_cpus / learner_gpus or guide.resources.num_cpus / num_gpus "
+            "/ replicas, or start Ray with more resources (ray start --num-cpus/--num-gpus, or "
+            "distributed.num_cpus)")
+
+
+def collective_backend(cfg: RLConfig) -> str:
+    d = cfg.distributed
+    if d.collective != "auto":
+        return d.collective
+    return "nccl" if d.learner_gpus > 0 else "gloo"
+
+
+def init_ray(cfg: RLConfig):
+    """Join the configured cluster (``distributed.address`` / ``RAY_ADDRESS``), else a running local head
+    (``ray start --head``), else start a private local one with ``distributed.num_cpus``."""
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    d = cfg.distributed
+    if d.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=d.address, log_to_driver=True)
+        return ray, True
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        log.info("joined the running Ray cluster (distributed.num_cpus is ignored)")
+    except ConnectionError:
+        ray.init(num_cpus=d.num_cpus, log_to_driver=True)
+    return ray, True
+
+
+class RayExecutor:
+    """Owns the placement group and the actors of one run; ``close()`` releases everything."""
+
+    def __init__(self, cfg: RLConfig, out: Path):
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        from rl_statetune_guides.ray_actor import spawn_guide_actor
+
+        self.ray, self.owns_ray = init_ray(cfg)
+        self._remove_pg = remove_placement_group
+        self.cfg, d = cfg, cfg.distributed
+        self.actors: list = []
+        self.queues: list = []
+        self.pg = None
+        gcfg = resolve_guide_config(cfg.guide, cfg.data, out)
+        self.guide_backend = gcfg.backend
+        g_bundles, l_bundles = plan_bundles(cfg, gcfg)
+        try:
+            preflight(g_bundles + l_bundles, self.ray.cluster_resources())
+            self._place(cfg, gcfg, g_bundles, l_bundles, placement_group, Queue, PlacementGroupSchedulingStrategy,
+                        spawn_guide_actor)
+        except BaseException:
+            self.close()
+            raise
+
+    def _place(self, cfg, gcfg, g_bundles, l_bundles, placement_group, Queue, Strategy, spawn_guide_actor):
+        d = cfg.distributed
+        placed = [b for b in g_bundles + l_bundles if b]
+        self.pg = placement_group(placed, strategy="PACK") if placed else None
+        if self.pg is not None:
+            ready, _ = self.ray.wait([self.pg.ready()], timeout=d.ready_timeout_s)
+            if not ready:
+                free = self.ray.available_resources()
+                raise ResourceError(f"placement group {placed} not ready within {d.ready_timeout_s:.0f} s; "
+                                    f"free now: {free}. Other jobs may hold the resources.")
+        index = iter(range(len(placed)))
+
+        def where(bundle: dict) -> dict:
+            if not bundle:  # no resources: outside the group, taking none
+                return {"num_cpus": 0}
+            return {"scheduling_strategy": Strategy(self.pg, next(index))}
+
+        name = gcfg.name or "guide"
+        self.guides = [spawn_guide_actor(gcfg.model_copy(update={"name": None}), **where(b),
+                                         name=f"{name}-{r}-{os.getpid()}")
+                       for r, b in enumerate(g_bundles)]
+        self.actors += self.guides
+        self.queues = [Queue(maxsize=d.queue_size, actor_options={"num_cpus": 0}) for _ in l_bundles]
+        cfg_json = cfg.model_dump(mode="json")
+        backend = collective_backend(cfg)
+        group = f"rl_learners_{os.getpid()}_{int(time.time())}"
+        self.learners = []
+        for rank, b in enumerate(l_bundles):
+            opts = {"num_cpus": d.learner_cpus, "num_gpus": d.learner_gpus, **where(b)}
+            w = self.ray.remote(LearnerWorker).options(**opts).remote(
+                cfg_json, rank, d.num_learners, self.queues[rank], self.guides[rank % len(self.guides)], group,
+                backend, d.guide_timeout_s)
+            self.learners.append(w)
+        self.actors += self.learners
+        self.producer = self.ray.remote(CotProducer).options(num_cpus=0, max_concurrency=len(self.guides) + 2) \
+            .remote(cfg_json, self.guides, self.queues, d.guide_timeout_s)
+        self.actors.append(self.producer)
+        self.ray.get([w.setup_collective.remote() for w in self.learners], timeout=d.guide_timeout_s)
+        log.info("%d guide actor(s) (%s), %d learners (%s all-reduce), queues of %d batches",
+                 len(self.guides), gcfg.backend, len(self.learners), backend, d.queue_size)
+
+    # -- the executor interface (see rl.driver) ----------------------------------------------------------------
+    def start(self, first_step: int, total_steps: int, saved: dict | None) -> None:
+        if saved is not None:
+            self.ray.get([w.load_checkpoint.remote(saved) for w in self.learners])
+        N = len(self.learners)
+        self.produced = self.producer.run.remote(first_step * N, (total_steps - first_step) * N)
+
+    def step(self, step: int, total_steps: int) -> dict:
+        ms = self._gather([w.step.remote(step, total_steps) for w in self.learners])
+        N = len(ms)
+        out = {k: sum(m[k] for m in ms) / N for k in ("reward", "loss") if k in ms[0]}
+        if "match_argmax" in ms[0]:
+            out["match_argmax"] = sum(m["match_argmax"] for m in ms) / N
+        out.update({k: ms[0][k] for k in ("lr", "state_norm", "lifted_norm", "decor_loss") if k in ms[0]},
+                   tokens=sum(m["tokens"] for m in ms), learner_s=max(m["learner_s"] for m in ms),
+                   wait_s=max(m["wait_s"] for m in ms), skipped=ms[0]["skipped"])
+        return out
+
+    def stats(self) -> dict:
+        g = self.ray.get(self.producer.stats.remote())
+        return {"guide_tokens_per_s": g["guide_tokens_per_s"], "queue_size": sum(q.size() for q in self.queues)}
+
+    def checkpoint(self) -> dict:
+        ckpt = self.ray.get(self.learners[0].checkpoint.remote())
+        ckpt["ranks"] = self.ray.get([w.rank_state.remote() for w in self.learners])
+        return ckpt
+
+    def final(self) -> dict:
+        """The tunables' state dict, after checking every learner holds the same tunables."""
+        self.ray.get(self.produced)
+        sums = self.ray.get([w.state_checksum.remote() for w in self.learners])
+        if any(s != sums[0] for s in sums):
+            raise RuntimeError(f"learner tunables diverged (checksums {sums}); the all-reduce is broken")
+        return self.ray.get(self.learners[0].checkpoint.remote())["tunable"]
+
+    def _gather(self, refs: list) -> list:
+        """``ray.get(refs)``, but fail as soon as the producer (the guide) fails."""
+        timeout_s = self.cfg.distributed.guide_timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=1.0)
+            if len(done) == len(refs):
+                return self.ray.get(refs)
+            ready, _ = self.ray.wait([self.produced], timeout=0)
+            if ready:
+                self.ray.get(ready[0])  # raises the producer's (guide's) error, if any
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"learners did not finish a step within {timeout_s:.0f} s")
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception as e:  # noqa: BLE001 - already dead
+                log.debug("kill %s: %s", a, e)
+        for q in self.queues:
+            try:
+                q.shutdown()
+            except Exception as e:  # noqa: BLE001 - the queue actor is gone already
+                log.debug("queue shutdown: %s", e)
+        if self.pg is not None:
+            self._remove_pg(self.pg)
+        if self.owns_ray:
+            self.ray.shutdown()
+
+
+__all__ = ["RayExecutor", "ResourceError", "collective_backend", "init_ray", "plan_bundles", "preflight"]

@@ -1,0 +1,152 @@
+"""What a run starts from and how it steps: frozen model, tokenizer and data; the tunables (S0, and with
+``upscale`` the lifted S~0 and R), their optimiser and LR schedule; the guarded optimiser step; the final files."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from rl_statetune.checkpoint import load_model
+from rl_statetune.config import OptimConfig, RunConfig
+from rl_statetune.data import Example, load_examples
+from rl_statetune.model import RWKV7
+from rl_statetune.paths import resolve_model_path
+from rl_statetune.state import TimeState, model_fingerprint, save_state
+from rl_statetune.tokenizer import WorldTokenizer
+from rl_statetune.upscale import UpscaledState, dbp_step, param_groups
+
+log = logging.getLogger("rl_statetune.run")
+
+AllReduce = Callable[[torch.Tensor], torch.Tensor]   # averages a tensor over data-parallel learners
+
+
+def start_run(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[RWKV7, WorldTokenizer, list[Example],
+                                                                           list[Example]]:
+    """The frozen model, the tokenizer, and the train / held-out examples of ``cfg``."""
+    m = cfg.model
+    model = load_model(m.path, m.dtype, device, m.wkv_backend)
+    train, held = load_examples(cfg.data)
+    return model, WorldTokenizer(), train, held
+
+
+def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warm-up, then geometric decay from lr to lr_final (RWKV-PEFT's state-tuning schedule)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(total - cfg.warmup_steps - 1, 1)
+    return cfg.lr * (cfg.lr_final / cfg.lr) ** min(max(frac, 0.0), 1.0)
+
+
+class BatchOrder:
+    """Deterministic shuffled batches: batch ``i`` depends only on (seed, i), so a resumed run, or any number of
+    learners taking batches ``step * N + rank``, sees the same data."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.bs, self.seed = n, batch_size, seed
+
+    def indices(self, i: int) -> list[int]:
+        per_epoch = max(self.n // self.bs, 1)
+        epoch, j = divmod(i, per_epoch)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return perm[j * self.bs: (j + 1) * self.bs].tolist()
+
+
+def make_tunable(model: RWKV7, tok, train: list[Example], cfg: RunConfig) -> TimeState:
+    """The zero-initialised tunable: a ``TimeState``, or an ``UpscaledState`` when ``upscale.enabled`` (feature
+    maps chosen on the task's training texts, deterministically from ``train.seed``)."""
+    if not cfg.upscale.enabled:
+        return TimeState(model.config).to(model.emb.weight.device)
+    from rl_statetune.support import support_from_config
+
+    maps = support_from_config(model, tok, [e.prompt + e.target for e in train], cfg.upscale, cfg.train.seed,
+                               cfg.upscale.support_texts)
+    state = UpscaledState(model.config, maps).to(model.emb.weight.device)
+    if cfg.dbp.enabled:
+        state.set_recording(cfg.dbp.subsample)
+    return state
+
+
+def make_optimizer(tunable: TimeState, cfg: RunConfig) -> torch.optim.AdamW:
+    """AdamW over every tunable, one group each (S0, S~0, R) with its own peak lr (``lr_scale``)."""
+    up, o = cfg.upscale, cfg.optim
+    groups = param_groups(tunable, o.lr, up.lr, up.r_lr, up.train_r)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+class NonFiniteError(ValueError):
+    """A NaN / inf loss, gradient or state: the run stops before anything non-finite is saved."""
+
+
+def trainable(tunable: TimeState) -> list[torch.nn.Parameter]:
+    return [p for p in tunable.parameters() if p.requires_grad]
+
+
+def guarded_step(tunable: TimeState, opt: torch.optim.Optimizer, loss: float, cfg: RunConfig, step: int,
+                 allreduce: AllReduce | None = None) -> bool:
+    """All-reduce the gradients (data-parallel learners), clip, step, then DBP. Returns False when the step was
+    skipped. A non-finite loss, gradient norm or updated tunable raises :class:`NonFiniteError`, or with
+    ``train.on_nonfinite: skip`` leaves the tunables as they were and returns False."""
+    params = trainable(tunable)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if allreduce is not None:
+        flat = allreduce(torch.cat([p.grad.reshape(-1) for p in params]))
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p))
+    norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+    before = [p.detach().clone() for p in params]
+    bad = None if math.isfinite(loss) and math.isfinite(norm) else (
+        f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}")
+    if bad is None:
+        opt.step()
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            bad = "the tuned state after the optimiser step"
+    if bad is None:
+        if cfg.dbp.enabled:
+            tunable.last_decor_loss = dbp_step(tunable, cfg.dbp.eta, cfg.dbp.kappa, allreduce)
+        return True
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    if isinstance(tunable, UpscaledState):
+        for lift in tunable.lifts:
+            lift.take_recorded()
+    if cfg.train.on_nonfinite == "skip":
+        log.warning("step %d skipped: %s is not finite", step + 1, bad)
+        return False
+    raise NonFiniteError(f"step {step + 1}: {bad} is not finite (optim.lr {cfg.optim.lr:g} too high?); the run "
+                         "stopped and no state was written from it. Lower optim.lr / grad_clip, or set "
+                         "train.on_nonfinite: skip")
+
+
+def state_norms(tunable: TimeState) -> dict[str, float]:
+    out = {"state_norm": round(float(tunable.time_state.detach().norm()), 5)}
+    if isinstance(tunable, UpscaledState):
+        out["lifted_norm"] = round(float(tunable.lifted_state.detach().norm()), 5)
+    if getattr(tunable, "last_decor_loss", None) is not None:
+        out["decor_loss"] = round(float(tunable.last_decor_loss), 6)
+    return out
+
+
+def save_tuned(out: Path, tunable: TimeState, cfg: RunConfig, model: RWKV7, meta: dict) -> None:
+    """``state.pth`` (the runtime format: the standard state only) and ``state.safetensors`` (every tunable and
+    the feature bases, with metadata: base model fingerprint, model and run config)."""
+    meta = {"format": "rl_statetune/time_state", "base_model": str(cfg.model.path),
+            "base_model_sha256_16": model_fingerprint(resolve_model_path(cfg.model.path)),
+            "model_config": model.config.__dict__, "run_config": cfg.model_dump(mode="json"), **meta}
+    extras = None
+    if isinstance(tunable, UpscaledState):
+        extras = tunable.extras()
+        meta |= tunable.metadata()
+    save_state(out / "state.pth", tunable.time_state)
+    save_state(out / "state.safetensors", tunable.time_state, metadata=meta, extras=extras)
