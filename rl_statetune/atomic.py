@@ -27,6 +27,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())   # some writers (safetensors) create 0600 files
         tmp.replace(path)
     except (OSError, RuntimeError) as e:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC or _low_space(path.parent):
@@ -38,6 +39,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _low_space(folder: Path) -> bool:

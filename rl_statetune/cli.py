@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a bad environment, not a bug: one line, exit 2."""
-    from rl_statetune.rl.ray_executor import ResourceError
+    from rl_statetune.rl.ray_executor import ResourceError, WorkerDied
 
-    errors: tuple[type[BaseException], ...] = (ValueError, OSError, ResourceError)
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError, ResourceError, WorkerDied)
     try:
         from rl_statetune_guides import GuideError
 

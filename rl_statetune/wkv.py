@@ -29,7 +29,8 @@ import math
 
 import torch
 
-DEFAULT_CHUNK = 32
+DEFAULT_CHUNK = 32  # the torch chunked path (CPU); the Triton kernels have their own, kernels.plan.DEFAULT_CHUNK = 16,
+#                    tuned to their register budget on sm_90 (docs/kernels.md)
 SHORT_SEQUENCE = 4  # up to this many tokens the plain loop beats padding a chunk
 _BLOCK_PAIRS = 32   # (head, chunk) pairs per precompute block of the chunked path
 

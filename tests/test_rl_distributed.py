@@ -80,6 +80,57 @@ def test_two_learners_stay_in_sync_and_match_single_learner_files(local_ray, tin
     assert ray.available_resources().get("CPU", 0) == pytest.approx(3)
 
 
+UPSCALED = {"upscale": {"enabled": True, "features": 12, "support": "random", "r_lr": 0.05},
+            "dbp": {"enabled": True, "eta": 0.05, "subsample": 0.5}}
+
+
+def test_ray_runs_are_reproducible_all_reduce_every_tunable_and_resume_after_a_killed_learner(
+        local_ray, tiny_world_ckpt, tmp_path):
+    """Two learners on the upscaled + DBP state: two runs of one config give identical artefacts (S0, S~0, R),
+    and kill -9 of a learner process mid-run, then --resume, gives the uninterrupted run's artefact."""
+    import signal
+    import threading
+
+    def cfg(out):
+        return cfg_for(tiny_world_ckpt, out, train={"steps": 10, "ckpt_every": 2}, **UPSCALED)
+
+    run_rl(cfg(tmp_path / "a"), ray=True, progress=False)
+    run_rl(cfg(tmp_path / "b"), ray=True, progress=False)
+    a, b = (load_state(tmp_path / x / "state.safetensors") for x in "ab")
+    assert torch.equal(a.time_state, b.time_state) and a.extras.keys() == b.extras.keys()
+    assert any(k.endswith(".R") for k in a.extras)
+    for k in a.extras:
+        assert torch.equal(a.extras[k], b.extras[k]), k
+
+    c = cfg(tmp_path / "c")
+    failure: list[BaseException] = []
+    t = threading.Thread(target=lambda: _catch(failure, run_rl, c, ray=True, progress=False))
+    t.start()
+    ckpt = tmp_path / "c" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    names = [x["name"] for x in ray.util.list_named_actors(all_namespaces=True)
+             if x["name"].startswith("rl-learner-1-")]
+    pid = ray.get(ray.get_actor(names[0]).pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    t.join(timeout=300)
+    assert failure and "--resume" in str(failure[0]), failure
+    assert not (tmp_path / "c" / "state.pth").exists()
+    run_rl(c, resume=True, ray=True, progress=False)
+    r = load_state(tmp_path / "c" / "state.safetensors")
+    assert torch.equal(r.time_state, a.time_state)
+    for k in a.extras:
+        assert torch.equal(r.extras[k], a.extras[k]), k
+
+
+def _catch(into: list, fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - the test inspects it
+        into.append(e)
+
+
 def test_unplaceable_run_fails_fast(local_ray, tiny_world_ckpt, tmp_path):
     t0 = time.time()
     with pytest.raises(ResourceError, match=r"needs 5 CPU \(cluster has 3\)"):

@@ -32,6 +32,10 @@ class ResourceError(RuntimeError):
     """The cluster cannot host the requested guide and learner actors."""
 
 
+class WorkerDied(RuntimeError):
+    """A learner or guide actor died mid-run; the run stops (its last checkpoint stays) and can be resumed."""
+
+
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
     return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
 
@@ -139,7 +143,8 @@ class RayExecutor:
         group = f"rl_learners_{os.getpid()}_{int(time.time())}"
         self.learners = []
         for rank, b in enumerate(l_bundles):
-            opts = {"num_cpus": d.learner_cpus, "num_gpus": d.learner_gpus, **where(b)}
+            opts = {"num_cpus": d.learner_cpus, "num_gpus": d.learner_gpus, "name": f"rl-learner-{rank}-{os.getpid()}",
+                    **where(b)}
             w = self.ray.remote(LearnerWorker).options(**opts).remote(
                 cfg_json, rank, d.num_learners, self.queues[rank], self.guides[rank % len(self.guides)], group,
                 backend, d.guide_timeout_s)
@@ -160,7 +165,14 @@ class RayExecutor:
         self.produced = self.producer.run.remote(first_step * N, (total_steps - first_step) * N)
 
     def step(self, step: int, total_steps: int) -> dict:
-        ms = self._gather([w.step.remote(step, total_steps) for w in self.learners])
+        from ray.exceptions import RayActorError
+
+        try:
+            ms = self._gather([w.step.remote(step, total_steps) for w in self.learners])
+        except RayActorError as e:
+            raise WorkerDied(f"an actor of the run died during step {step + 1} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]}); the last checkpoint is in train.out_dir, continue "
+                             "with --resume") from e
         N = len(ms)
         out = {k: sum(m[k] for m in ms) / N for k in ("reward", "loss") if k in ms[0]}
         if "match_argmax" in ms[0]:
@@ -195,6 +207,8 @@ class RayExecutor:
             done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=1.0)
             if len(done) == len(refs):
                 return self.ray.get(refs)
+            if done:
+                self.ray.get(done)  # a learner that died raises now, not after the others time out
             ready, _ = self.ray.wait([self.produced], timeout=0)
             if ready:
                 self.ray.get(ready[0])  # raises the producer's (guide's) error, if any
@@ -218,4 +232,4 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-__all__ = ["RayExecutor", "ResourceError", "collective_backend", "init_ray", "plan_bundles", "preflight"]
+__all__ = ["RayExecutor", "ResourceError", "WorkerDied", "collective_backend", "init_ray", "plan_bundles", "preflight"]

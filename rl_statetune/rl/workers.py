@@ -9,6 +9,7 @@ and learner count (and a resumed run equals an uninterrupted one).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -139,6 +140,9 @@ class LearnerWorker:
 
     def checkpoint(self) -> dict:
         return self.learner.checkpoint()
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def rank_state(self) -> dict:
         """What differs between learners: the sampling generator and the EMA baseline."""

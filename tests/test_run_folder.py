@@ -1,0 +1,197 @@
+"""Nothing lost, nothing silent: run folders, non-finite runs, state files, configs and signals.
+
+Each case runs through the real CLI (``rl_statetune.cli.main``) or a real process where a process is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rl_statetune.cli import main as cli_main
+from rl_statetune.state import StateFileError, load_state, save_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_cfg(path: Path, ckpt, out: Path, steps: int = 2, **extra) -> Path:
+    cfg = {"model": {"path": str(ckpt)}, "data": {"train_size": 16, "eval_size": 4},
+           "train": {"steps": steps, "batch_size": 4, "ckpt_every": 1, "out_dir": str(out), "eval": False},
+           "optim": {"lr": 0.3, "lr_final": 0.03}}
+    for k, v in extra.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def one_line_error(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert lines, err
+    for f in fragments:
+        assert f in err, (f, err)
+    return err
+
+
+def test_a_run_is_never_overwritten_without_resume_or_overwrite(tiny_world_ckpt, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, out)
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress"]) == 0
+    state = (out / "state.pth").read_bytes()
+    result = (out / "result.json").read_text()
+    metrics = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--set", "train.steps=3"]) == 2
+    one_line_error(capsys, str(out), "--resume", "--overwrite")
+    assert (out / "state.pth").read_bytes() == state and (out / "metrics.jsonl").read_text() == metrics
+
+    # a finished run resumed: nothing rewritten, its stored result returned
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume"]) == 0
+    assert (out / "result.json").read_text() == result and "nan" not in capsys.readouterr().out.lower()
+
+    # resume with another config names the key
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume", "--set", "train.steps=5"]) == 2
+    one_line_error(capsys, "train.steps: 2 -> 5")
+
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--overwrite", "--set", "train.steps=3"]) == 0
+    assert json.loads((out / "result.json").read_text())["steps"] == 3
+    assert len((out / "metrics.jsonl").read_text().splitlines()) < len(metrics.splitlines()) + 3
+
+
+def test_diverged_runs_stop_and_write_no_state(tiny_world_ckpt, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, out, steps=4)
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--set", "optim.lr=1e20"]) == 2
+    one_line_error(capsys, "not finite", "optim.lr")
+    assert not (out / "state.pth").exists() and not (out / "state.safetensors").exists()
+    if (out / "checkpoint.pt").exists():  # the checkpoints written before the bad step hold finite values
+        ck = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert all(torch.isfinite(v).all() for v in ck["tunable"].values())
+
+    # skip mode: the bad steps are skipped and said so, the run ends with a finite state
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--overwrite", "--set", "optim.lr=1e20",
+                     "--set", "train.on_nonfinite=skip"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["skipped_steps"] >= 1
+    assert torch.isfinite(load_state(out / "state.pth").time_state).all()
+
+
+def test_non_finite_state_files_are_never_written_nor_loaded(tmp_path, tiny_world_ckpt, capsys):
+    bad = torch.zeros(2, 2, 8, 8)
+    bad[1, 0, 3, 3] = float("nan")
+    with pytest.raises(StateFileError, match="NaN or inf"):
+        save_state(tmp_path / "s.pth", bad)
+    assert not (tmp_path / "s.pth").exists()
+    torch.save({f"blocks.{i}.att.time_state": bad[i] for i in range(2)}, tmp_path / "nan.pth")
+    with pytest.raises(StateFileError, match=r"blocks\.1\.att\.time_state.*NaN"):
+        load_state(tmp_path / "nan.pth")
+    assert cli_main(["generate", "--model", str(tiny_world_ckpt), "--state", str(tmp_path / "nan.pth"),
+                     "--prompt", "Q: hi\nA:"]) == 2
+    one_line_error(capsys, "nan.pth", "NaN")
+
+
+def test_corrupt_state_files_name_the_file(tmp_path, tiny_world_ckpt, capsys):
+    good = save_state(tmp_path / "good.pth", torch.zeros(2, 2, 8, 8))
+    (tmp_path / "trunc.pth").write_bytes(good.read_bytes()[:100])
+    (tmp_path / "junk.pth").write_bytes(os.urandom(4096))
+    st = save_state(tmp_path / "good.safetensors", torch.zeros(2, 2, 8, 8))
+    (tmp_path / "bad.safetensors").write_bytes(st.read_bytes()[:50])
+    for name in ("trunc.pth", "junk.pth", "bad.safetensors"):
+        with pytest.raises(StateFileError, match=name.replace(".", r"\.")) as e:
+            load_state(tmp_path / name)
+        assert "weights_only" not in str(e.value)
+        assert cli_main(["generate", "--model", str(tiny_world_ckpt), "--state", str(tmp_path / name),
+                         "--prompt", "x"]) == 2
+        one_line_error(capsys, name)
+
+
+@pytest.mark.parametrize("case, args, fragment", [
+    ("yaml", ["--config", "{bad_yaml}"], "not valid YAML"),
+    ("dir", ["--config", "{tmp}"], "is not a file"),
+    ("nested", ["--config", "{cfg}", "--set", "train.steps.x=5"], "train.steps is a value"),
+    ("bracket", ["--config", "{cfg}", "--set", "train.steps=[1"], "not a valid YAML value"),
+    ("empty-key", ["--config", "{cfg}", "--set", "=5"], "section.key=value"),
+    ("unknown", ["--config", "{cfg}", "--set", "train.stepz=1"], "train.stepz"),
+    ("missing", ["--config", "{tmp}/nope.yaml"], "no config file"),
+])
+def test_config_errors_are_one_line(tiny_world_ckpt, tmp_path, capsys, case, args, fragment):
+    (tmp_path / "bad.yaml").write_text("train:\n  steps: [1\n")
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, tmp_path / "run")
+    args = [a.format(bad_yaml=tmp_path / "bad.yaml", tmp=tmp_path, cfg=cfg) for a in args]
+    assert cli_main(["tune", *args, "--no-progress"]) == 2
+    one_line_error(capsys, fragment)
+
+
+def test_unwritable_out_dir_and_bad_temperature(tiny_world_ckpt, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, blocker / "run")
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress"]) == 2
+    one_line_error(capsys, "cannot create run folder", "train.out_dir")
+    for t in ("nan", "-1", "x"):
+        with pytest.raises(SystemExit) as e:
+            cli_main(["generate", "--model", str(tiny_world_ckpt), "--prompt", "x", "--temperature", t])
+        assert e.value.code == 2
+        assert "--temperature" in capsys.readouterr().err
+
+
+def test_stop_strings_keep_non_ascii(tiny_world_ckpt):
+    from rl_statetune.cli import _escapes
+
+    assert _escapes("答案\\n") == "答案\n" and _escapes("é") == "é"
+
+
+def test_stale_temp_files_are_cleaned_and_states_are_world_readable(tiny_world_ckpt, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".checkpoint.pt.tmp12345").write_bytes(b"half")
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, out, steps=1)
+    old = os.umask(0o022)
+    try:
+        assert cli_main(["tune", "--config", str(cfg), "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    assert not list(out.glob(".*.tmp*"))
+    for f in ("state.pth", "state.safetensors", "checkpoint.pt"):
+        assert (out / f).stat().st_mode & 0o777 == 0o644, f
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_checkpoint_the_current_step_and_resume(tiny_world_ckpt, tmp_path, sig, code):
+    """A real `tune` process, signalled mid-run: it writes a checkpoint at the end of the current step, exits
+    143 / 130 with one line, and --resume finishes with the state of an uninterrupted run."""
+    steps = 24
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, tmp_path / "run", steps=steps,
+                    train={"ckpt_every": 10_000, "log_every": 1})
+    cmd = [sys.executable, "-m", "rl_statetune.cli", "tune", "--config", str(cfg), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err and "--resume" in err
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert 2 <= ck["step"] < steps
+    assert not (tmp_path / "run" / "state.pth").exists()
+
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume"]) == 0
+    whole = write_cfg(tmp_path / "w.yaml", tiny_world_ckpt, tmp_path / "whole", steps=steps,
+                      train={"ckpt_every": 10_000, "log_every": 1})
+    assert cli_main(["tune", "--config", str(whole), "--no-progress"]) == 0
+    assert torch.equal(load_state(tmp_path / "run" / "state.pth").time_state,
+                       load_state(tmp_path / "whole" / "state.pth").time_state)
