@@ -118,7 +118,10 @@ class OpenAIOptions(_Strict):
     prompt_template: str = Field(
         "{prompt}", description="Each {prompt} becomes the prompt, other text is literal; the server applies no template."
     )
-    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # all attempts of one request together, backoff included: a server that accepts connections but never
+    # answers fails within this (raise both for long generations on a big model)
+    total_timeout_s: Annotated[float, Field(gt=0)] = 45.0
     max_retries: Annotated[int, Field(ge=0)] = 3
     backoff_s: Annotated[float, Field(ge=0)] = 0.5
     backoff_max_s: Annotated[float, Field(ge=0)] = 8.0

@@ -139,10 +139,15 @@ class OpenAIGuide(Guide):
         body = json.dumps({"model": self.options.model, **payload}).encode()
         attempts = self.options.max_retries + 1
         last = "no attempt made"
+        deadline = time.monotonic() + self.options.total_timeout_s
         for attempt in range(attempts):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                attempts = attempt
+                break
             request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.options.timeout_s) as resp:
+                with urllib.request.urlopen(request, timeout=min(self.options.timeout_s, remaining)) as resp:
                     raw = resp.read()
             except urllib.error.HTTPError as e:
                 detail = e.read()[:500].decode("utf-8", "replace")
@@ -156,7 +161,8 @@ class OpenAIGuide(Guide):
             else:
                 return _parse_json(raw, self.url)
             if attempt + 1 < attempts:
-                delay = min(self.options.backoff_max_s, self.options.backoff_s * 2**attempt)
+                delay = min(self.options.backoff_max_s, self.options.backoff_s * 2**attempt,
+                            max(deadline - time.monotonic(), 0.0))
                 log.warning(
                     "guide %s attempt %d/%d failed (%s); retrying in %.2fs",
                     self.url,
@@ -166,7 +172,8 @@ class OpenAIGuide(Guide):
                     delay,
                 )
                 self._sleep(delay)
-        raise GuideUnavailable(f"guide server {self.url} unavailable after {attempts} attempt(s): {last}")
+        raise GuideUnavailable(f"guide server {self.url} unavailable after {attempts} attempt(s): {last} (all "
+                               f"attempts bounded by total_timeout_s={self.options.total_timeout_s:g})")
 
     def close(self) -> None:
         self._closed = True

@@ -221,3 +221,12 @@ def test_api_key_from_environment(server: FakeServer, monkeypatch: pytest.Monkey
     monkeypatch.delenv("FAKE_GUIDE_KEY")
     with pytest.raises(ValueError, match="FAKE_GUIDE_KEY"):
         make_guide(server.base_url, api_key_env="FAKE_GUIDE_KEY")
+
+
+def test_a_server_that_never_answers_fails_within_the_total_timeout(server: FakeServer) -> None:
+    """Accepts the connection, never answers: the wait is bounded by total_timeout_s, retries included."""
+    server.mode = "slow"
+    t0 = time.monotonic()
+    with pytest.raises(GuideUnavailable, match=r"after 1 attempt\(s\): .*timed out.*total_timeout_s=0.3"):
+        make_guide(server.base_url, timeout_s=10.0, total_timeout_s=0.3, max_retries=5).generate(["p"], max_tokens=1)
+    assert time.monotonic() - t0 < 2
