@@ -195,3 +195,52 @@ def test_signals_checkpoint_the_current_step_and_resume(tiny_world_ckpt, tmp_pat
     assert cli_main(["tune", "--config", str(whole), "--no-progress"]) == 0
     assert torch.equal(load_state(tmp_path / "run" / "state.pth").time_state,
                        load_state(tmp_path / "whole" / "state.pth").time_state)
+
+
+def test_a_full_disk_ends_in_one_line_naming_the_file(tiny_world_ckpt, tmp_path, capsys):
+    """A real 1 MiB tmpfs, filled up: the run stops with one line, no traceback (needs root for mount)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root; the full-disk case was not run")
+    try:
+        (mnt / "run").mkdir()
+        with open(mnt / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+                    f.flush()
+            except OSError:
+                pass
+        cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, mnt / "run", steps=2)
+        code = cli_main(["tune", "--config", str(cfg), "--no-progress"])
+        assert code == 2
+        err = one_line_error(capsys, str(mnt / "run"))
+        assert "no space left" in err.lower()
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_sigterm_during_rl_checkpoints_and_resumes(tiny_world_ckpt, tmp_path):
+    out = tmp_path / "rl"
+    cfg = tmp_path / "rl.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"path": str(tiny_world_ckpt)}, "data": {"train_size": 8, "eval_size": 4},
+        "guide": {"task_rationales": True}, "reward": {"kind": "match", "samples": 2},
+        "train": {"steps": 30, "batch_size": 2, "log_every": 1, "ckpt_every": 1000, "out_dir": str(out),
+                  "eval": False}}))
+    proc = subprocess.Popen([sys.executable, "-m", "rl_statetune.cli", "rl", "--config", str(cfg), "--no-progress"],
+                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "--resume" in err
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 2 <= step < 30
+    assert cli_main(["rl", "--config", str(cfg), "--no-progress", "--resume"]) == 0
+    assert json.loads((out / "result.json").read_text())["steps"] == 30

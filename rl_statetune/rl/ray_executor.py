@@ -165,14 +165,19 @@ class RayExecutor:
         self.produced = self.producer.run.remote(first_step * N, (total_steps - first_step) * N)
 
     def step(self, step: int, total_steps: int) -> dict:
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayError
 
         try:
             ms = self._gather([w.step.remote(step, total_steps) for w in self.learners])
-        except RayActorError as e:
-            raise WorkerDied(f"an actor of the run died during step {step + 1} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200]}); the last checkpoint is in train.out_dir, continue "
-                             "with --resume") from e
+        except RayError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ValueError):     # bad input or a diverged run, raised inside a learner
+                raise cause from None
+            what = type(cause or e).__name__
+            detail = str(cause or e).strip().splitlines()[-1][:200] if str(cause or e).strip() else ""
+            raise WorkerDied(f"a learner failed during step {step + 1} ({what}: {detail}; one dies, the others' "
+                             "all-reduce breaks); the last checkpoint is in train.out_dir, continue with --resume") \
+                from e
         N = len(ms)
         out = {k: sum(m[k] for m in ms) / N for k in ("reward", "loss") if k in ms[0]}
         if "match_argmax" in ms[0]:

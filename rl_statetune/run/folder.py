@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rl_statetune.atomic import atomic_torch_save, atomic_write
+from rl_statetune.atomic import WriteError, atomic_torch_save, atomic_write
 
 log = logging.getLogger("rl_statetune.run")
 
@@ -82,15 +82,22 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON line per logged step, flushed at once; use as a context manager."""
 
     def __init__(self, path: Path):
+        self.path = path
         self.f = open(path, "a")  # noqa: SIM115 - closed by __exit__ / close
 
     def write(self, rec: dict) -> None:
         rec = {k: round(v, 6) if isinstance(v, float) else v for k, v in rec.items()}
-        self.f.write(json.dumps(_json_safe(rec)) + "\n")
-        self.f.flush()
+        try:
+            self.f.write(json.dumps(_json_safe(rec)) + "\n")
+            self.f.flush()
+        except OSError as e:
+            raise WriteError(e.errno, f"cannot write {self.path}: {e.strerror}") from None
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:  # the disk filled up: the error was raised by write already
+            pass
 
     def __enter__(self) -> "MetricsLog":
         return self
