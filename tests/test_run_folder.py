@@ -205,13 +205,14 @@ def test_a_full_disk_ends_in_one_line_naming_the_file(tiny_world_ckpt, tmp_path,
         pytest.skip("mounting a small tmpfs needs root; the full-disk case was not run")
     try:
         (mnt / "run").mkdir()
-        with open(mnt / "filler", "wb") as f:
-            try:
-                while True:
-                    f.write(b"x" * 4096)
-                    f.flush()
-            except OSError:
-                pass
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
         cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, mnt / "run", steps=2)
         code = cli_main(["tune", "--config", str(cfg), "--no-progress"])
         assert code == 2
