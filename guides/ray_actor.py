@@ -39,6 +39,11 @@ class GuideActor:
         self.cfg = cfg if isinstance(cfg, GuideConfig) else GuideConfig.model_validate(cfg)
         self.guide: Guide | None = build_guide(self.cfg)
 
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
     def info(self) -> dict[str, Any]:
         return {"backend": self.cfg.backend, "name": self.cfg.name, "supports_scoring": self._guide().supports_scoring}
 
@@ -59,14 +64,17 @@ class GuideActor:
         return self.guide
 
 
-def spawn_guide_actor(cfg: GuideConfig, **actor_options: Any) -> Any:
+def spawn_guide_actor(cfg: GuideConfig, max_restarts: int = 0, **actor_options: Any) -> Any:
     """Start a :class:`GuideActor` with the config's Ray resources; returns the actor handle.
 
-    ``actor_options`` go to ``.options()`` (e.g. ``namespace``, ``lifetime``, ``scheduling_strategy``)
-    and override the config. The actor is named after ``cfg.name`` when set.
+    ``max_restarts``: a guide whose process dies is started again (its engine rebuilt) up to this many times,
+    and the calls it had pending are retried on the new one (guide calls are idempotent: greedy or seeded
+    generation, deterministic scoring). ``actor_options`` go to ``.options()`` (e.g. ``namespace``,
+    ``lifetime``, ``scheduling_strategy``) and override the config. The actor is named after ``cfg.name``.
     """
     ray = import_ray()
-    options: dict[str, Any] = {"num_cpus": cfg.resources.num_cpus, "num_gpus": cfg.resources.num_gpus}
+    options: dict[str, Any] = {"num_cpus": cfg.resources.num_cpus, "num_gpus": cfg.resources.num_gpus,
+                               "max_restarts": max_restarts, "max_task_retries": max_restarts}
     if cfg.name:
         options["name"] = cfg.name
     options.update(actor_options)

@@ -176,5 +176,44 @@ def test_ray_job_submit(tiny_world_ckpt, tmp_path):
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout and "reward" in job.stdout
         assert (tmp_path / "out" / "state.pth").exists()
+        # the documented shell command joins the running head by itself (no RAY_ADDRESS needed)
+        env_no_addr = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+        cfg2 = cfg_for(tiny_world_ckpt, tmp_path / "out2")
+        (tmp_path / "job2.yaml").write_text(yaml.safe_dump(cfg2.model_dump(mode="json")))
+        run = subprocess.run([sys.executable, "-m", "rl_statetune.rl.distributed", "--config",
+                              str(tmp_path / "job2.yaml"), "--no-progress"], cwd=REPO, env=env_no_addr,
+                             capture_output=True, text=True, timeout=600, check=False)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "joined the running Ray cluster" in run.stderr and (tmp_path / "out2" / "state.pth").exists()
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, check=False)
+
+
+def test_a_killed_guide_actor_is_restarted_and_every_step_runs_once(local_ray, tiny_world_ckpt, tmp_path):
+    """kill -9 of the guide actor's process mid-run: Ray restarts it (distributed.guide_max_restarts), its pending
+    calls are retried, and the run finishes with every step done once and the uninterrupted run's state."""
+    import signal
+    import threading
+
+    def cfg(out):
+        return cfg_for(tiny_world_ckpt, out, train={"steps": 8, "ckpt_every": 2})
+
+    ref = run_rl(cfg(tmp_path / "ref"), ray=True, progress=False)
+    c = cfg(tmp_path / "c")
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(run_rl(c, ray=True, progress=False)))
+    t.start()
+    deadline = time.time() + 300
+    while not (tmp_path / "c" / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    names = [x["name"] for x in ray.util.list_named_actors(all_namespaces=True)
+             if x["name"].startswith("task-rationales-0-")]
+    pid = ray.get(ray.get_actor(names[0]).pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    t.join(timeout=300)
+    assert done, "the run did not survive the guide's death"
+    steps = [json.loads(x)["step"] for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    assert done[0].rewards == ref.rewards
+    assert torch.equal(load_state(tmp_path / "c" / "state.pth").time_state,
+                       load_state(tmp_path / "ref" / "state.pth").time_state)

@@ -103,6 +103,7 @@ class DistributedConfig(Section):
     num_cpus: int | None = Field(None, gt=0)   # for a local ray.init when no cluster is running
     ready_timeout_s: float = Field(60.0, gt=0)  # placement group must be ready within this
     guide_timeout_s: float = Field(600.0, gt=0)
+    guide_max_restarts: int = Field(3, ge=0)   # a guide actor that dies is restarted, its pending calls retried
 
 
 class RLConfig(RunConfig):

@@ -133,8 +133,8 @@ class RayExecutor:
             return {"scheduling_strategy": Strategy(self.pg, next(index))}
 
         name = gcfg.name or "guide"
-        self.guides = [spawn_guide_actor(gcfg.model_copy(update={"name": None}), **where(b),
-                                         name=f"{name}-{r}-{os.getpid()}")
+        self.guides = [spawn_guide_actor(gcfg.model_copy(update={"name": None}), d.guide_max_restarts,
+                                         **where(b), name=f"{name}-{r}-{os.getpid()}")
                        for r, b in enumerate(g_bundles)]
         self.actors += self.guides
         self.queues = [Queue(maxsize=d.queue_size, actor_options={"num_cpus": 0}) for _ in l_bundles]
