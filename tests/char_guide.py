@@ -1,4 +1,5 @@
-"""A hand-made guide for tests and examples: fixed CoTs, and a context-free character-level distribution.
+"""Guides for tests: a hand-made one with fixed CoTs and a context-free character-level distribution, and a
+guide that fails from its n-th call (a crash mid-run).
 
 ``CharGuide.score`` splits a continuation into characters and gives each the log-probability ``char_logprob``,
 so the guide log-probability of any text is known in closed form whatever the tokenisation.
@@ -33,3 +34,19 @@ class CharGuide(Guide):
         self.score_calls.append((list(prompts), list(continuations)))
         return [ScoredText(c, tuple(c), tuple((i, i + 1) for i in range(len(c))),
                            tuple(char_logprob(ch) for ch in c)) for c in continuations]
+
+
+class CrashingGuide(Guide):
+    """``inner``'s answers until its ``after``-th generate call; then it raises (the guide went away)."""
+
+    def __init__(self, inner: Guide, after: int):
+        self.inner, self.calls, self.after = inner, 0, after
+
+    def generate(self, prompts, max_tokens=256, temperature=0.0):
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("guide went away")
+        return self.inner.generate(prompts, max_tokens, temperature)
+
+    def score(self, prompts, continuations):
+        return self.inner.score(prompts, continuations)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rl_statetune_guides import Guide, build_guide
+from char_guide import CrashingGuide
+from rl_statetune_guides import build_guide
 
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.driver import run_rl
@@ -35,21 +36,6 @@ def test_rl_on_the_state_raises_heldout_accuracy(tmp_path):
     assert res.acc_before <= 0.1, res.acc_before          # the frozen model answers "#### N", not "The answer is N."
     assert res.acc_after >= 0.9, (res.acc_after, res.rewards)
     assert res.rewards[-1] > res.rewards[0]
-
-
-class CrashingGuide(Guide):
-    def __init__(self, cfg: RLConfig, work_dir, after: int):
-        self.inner = build_guide(resolve_guide_config(cfg.guide, cfg.data, work_dir))
-        self.calls, self.after = 0, after
-
-    def generate(self, prompts, max_tokens=256, temperature=0.0):
-        self.calls += 1
-        if self.calls > self.after:
-            raise RuntimeError("guide went away")
-        return self.inner.generate(prompts, max_tokens, temperature)
-
-    def score(self, prompts, continuations):
-        return self.inner.score(prompts, continuations)
 
 
 def upscaled_cfg(ckpt, out, **over) -> RLConfig:
@@ -85,7 +71,8 @@ def test_rl_tunes_s0_lifted_state_and_r_and_resumes_bit_for_bit(tiny_world_ckpt,
     # crash in step 3 (checkpoint at step 2), resume: every tunable equals the uninterrupted run's
     cfg_b = upscaled_cfg(tiny_world_ckpt, tmp_path / "b")
     with pytest.raises(RuntimeError, match="guide went away"):
-        run_rl(cfg_b, progress=False, guide=CrashingGuide(cfg_b, tmp_path / "b", after=2))
+        inner = build_guide(resolve_guide_config(cfg_b.guide, cfg_b.data, tmp_path / "b"))
+        run_rl(cfg_b, progress=False, guide=CrashingGuide(inner, after=2))
     run_rl(cfg_b, resume=True, progress=False)
     a, b = (load_state(tmp_path / x / "state.safetensors") for x in "ab")
     assert torch.equal(a.time_state, b.time_state)

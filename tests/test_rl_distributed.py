@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -88,7 +89,6 @@ def test_ray_runs_are_reproducible_all_reduce_every_tunable_and_resume_after_a_k
         local_ray, tiny_world_ckpt, tmp_path):
     """Two learners on the upscaled + DBP state: two runs of one config give identical artefacts (S0, S~0, R),
     and kill -9 of a learner process mid-run, then --resume, gives the uninterrupted run's artefact."""
-    import signal
     import threading
 
     def cfg(out):
@@ -106,14 +106,7 @@ def test_ray_runs_are_reproducible_all_reduce_every_tunable_and_resume_after_a_k
     failure: list[BaseException] = []
     t = threading.Thread(target=lambda: _catch(failure, run_rl, c, ray=True, progress=False))
     t.start()
-    ckpt = tmp_path / "c" / "checkpoint.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    names = [x["name"] for x in ray.util.list_named_actors(all_namespaces=True)
-             if x["name"].startswith("rl-learner-1-")]
-    pid = ray.get(ray.get_actor(names[0]).pid.remote())
-    os.kill(pid, signal.SIGKILL)
+    kill_actor_after_checkpoint(tmp_path / "c", "rl-learner-1-")
     t.join(timeout=300)
     assert failure and "--resume" in str(failure[0]), failure
     assert not (tmp_path / "c" / "state.pth").exists()
@@ -122,6 +115,15 @@ def test_ray_runs_are_reproducible_all_reduce_every_tunable_and_resume_after_a_k
     assert torch.equal(r.time_state, a.time_state)
     for k in a.extras:
         assert torch.equal(r.extras[k], a.extras[k]), k
+
+
+def kill_actor_after_checkpoint(out: Path, name_prefix: str) -> None:
+    """Once the run in ``out`` wrote its first checkpoint, SIGKILL the process of the actor named ``prefix*``."""
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    names = [x["name"] for x in ray.util.list_named_actors(all_namespaces=True) if x["name"].startswith(name_prefix)]
+    os.kill(ray.get(ray.get_actor(names[0]).pid.remote()), signal.SIGKILL)
 
 
 def _catch(into: list, fn, *args, **kwargs):
@@ -192,7 +194,6 @@ def test_ray_job_submit(tiny_world_ckpt, tmp_path):
 def test_a_killed_guide_actor_is_restarted_and_every_step_runs_once(local_ray, tiny_world_ckpt, tmp_path):
     """kill -9 of the guide actor's process mid-run: Ray restarts it (distributed.guide_max_restarts), its pending
     calls are retried, and the run finishes with every step done once and the uninterrupted run's state."""
-    import signal
     import threading
 
     def cfg(out):
@@ -203,13 +204,7 @@ def test_a_killed_guide_actor_is_restarted_and_every_step_runs_once(local_ray, t
     done: list = []
     t = threading.Thread(target=lambda: done.append(run_rl(c, ray=True, progress=False)))
     t.start()
-    deadline = time.time() + 300
-    while not (tmp_path / "c" / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    names = [x["name"] for x in ray.util.list_named_actors(all_namespaces=True)
-             if x["name"].startswith("task-rationales-0-")]
-    pid = ray.get(ray.get_actor(names[0]).pid.remote())
-    os.kill(pid, signal.SIGKILL)
+    kill_actor_after_checkpoint(tmp_path / "c", "task-rationales-0-")
     t.join(timeout=300)
     assert done, "the run did not survive the guide's death"
     steps = [json.loads(x)["step"] for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]

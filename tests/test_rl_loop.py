@@ -7,30 +7,14 @@ import json
 import pytest
 import torch
 import yaml
-from rl_statetune_guides import Guide, build_guide
+from char_guide import CrashingGuide
+from rl_statetune_guides import build_guide
 
 from rl_statetune.cli import main as cli_main
 from rl_statetune.rl.config import RLConfig, load_rl_config
 from rl_statetune.rl.guides import resolve_guide_config
 from rl_statetune.rl.driver import run_rl
 from rl_statetune.state import load_state
-
-
-class CrashingGuide(Guide):
-    """The task-rationale guide, failing from its ``after``-th generate call on."""
-
-    def __init__(self, cfg: RLConfig, work_dir, after: int):
-        self.inner = build_guide(resolve_guide_config(cfg.guide, cfg.data, work_dir))
-        self.calls, self.after = 0, after
-
-    def generate(self, prompts, max_tokens=256, temperature=0.0):
-        self.calls += 1
-        if self.calls > self.after:
-            raise RuntimeError("guide went away")
-        return self.inner.generate(prompts, max_tokens, temperature)
-
-    def score(self, prompts, continuations):
-        return self.inner.score(prompts, continuations)
 
 
 def small_cfg(ckpt, out, kind="match", **train) -> RLConfig:
@@ -58,7 +42,8 @@ def test_run_writes_state_metrics_and_resumes_exactly(tiny_world_ckpt, tmp_path)
     # crash in step 3 (the checkpoint is at step 2), then resume: the same run as the uninterrupted one
     cfg_b = small_cfg(tiny_world_ckpt, tmp_path / "b", "reverse_kl", steps=4)
     with pytest.raises(RuntimeError, match="guide went away"):
-        run_rl(cfg_b, progress=False, guide=CrashingGuide(cfg_b, tmp_path / "b", after=2))
+        inner = build_guide(resolve_guide_config(cfg_b.guide, cfg_b.data, tmp_path / "b"))
+        run_rl(cfg_b, progress=False, guide=CrashingGuide(inner, after=2))
     b = run_rl(cfg_b, resume=True, progress=False)
     assert b.rewards == a.rewards
     torch.testing.assert_close(load_state(tmp_path / "b" / "state.pth").time_state, full, rtol=0, atol=0)
