@@ -99,6 +99,7 @@ def test_scored_positions_caps_guide_queries_per_step(model, tok):
     m = learner.train_step(its, 0, 10)
     (_, conts), = g.score_calls
     assert 0 < len(conts) <= 4 * 3 and m["positions"] > 4
+    assert m["reward_guide_calls"] == 1 and m["reward_guide_queries"] == len(conts)   # what the step logs
     assert learner.state.time_state.abs().sum() > 0
 
 

@@ -24,6 +24,7 @@ from rl_statetune.rl.rewards import (
     reverse_kl_reward,
 )
 from rl_statetune.rl.rollout import sample_rollouts, sequence_logprobs
+from rl_statetune.rl.source import CountingGuide
 from rl_statetune.run.setup import AllReduce, guarded_step, lr_at, make_optimizer, set_lr, state_norms
 from rl_statetune.state import TimeState
 
@@ -38,7 +39,8 @@ class Learner:
         """``tunable``: the run's tunables (``run.setup.make_tunable``); default a zero ``TimeState``."""
         if cfg.reward.kind in GUIDE_SCORED_REWARDS and guide is None:
             raise ValueError(f"reward {cfg.reward.kind!r} asks the guide for log-probabilities; pass a guide")
-        self.model, self.tok, self.cfg, self.guide = model, tokenizer, cfg, guide
+        self.model, self.tok, self.cfg = model, tokenizer, cfg
+        self.guide = None if guide is None else CountingGuide(guide)   # the reward's queries, logged per step
         self.device = model.emb.weight.device
         self.state = (tunable if tunable is not None else TimeState(model.config)).to(self.device)
         self.opt = make_optimizer(self.state, cfg)
@@ -158,8 +160,10 @@ class Learner:
         lr = lr_at(step, total_steps, self.cfg.optim)
         set_lr(self.opt, lr)
         stepped = guarded_step(self.state, self.opt, float(loss.detach()), self.cfg, step, allreduce)
+        calls = self.guide.take() if self.guide is not None else {"guide_calls": 0, "guide_queries": 0}
         metrics.update(loss=float(loss.detach()), lr=lr, tokens=batch.n_tokens, learner_s=time.perf_counter() - t0,
-                       skipped=int(not stepped), **state_norms(self.state))
+                       skipped=int(not stepped), reward_guide_calls=calls["guide_calls"],
+                       reward_guide_queries=calls["guide_queries"], **state_norms(self.state))
         return metrics
 
     def checkpoint(self) -> dict:

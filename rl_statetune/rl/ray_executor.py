@@ -184,7 +184,9 @@ class RayExecutor:
             out["match_argmax"] = sum(m["match_argmax"] for m in ms) / N
         out.update({k: ms[0][k] for k in ("lr", "state_norm", "lifted_norm", "decor_loss") if k in ms[0]},
                    tokens=sum(m["tokens"] for m in ms), learner_s=max(m["learner_s"] for m in ms),
-                   wait_s=max(m["wait_s"] for m in ms), skipped=ms[0]["skipped"])
+                   wait_s=max(m["wait_s"] for m in ms), skipped=ms[0]["skipped"],
+                   reward_guide_calls=sum(m["reward_guide_calls"] for m in ms),
+                   reward_guide_queries=sum(m["reward_guide_queries"] for m in ms))
         return out
 
     def stats(self) -> dict:

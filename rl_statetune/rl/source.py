@@ -30,6 +30,30 @@ class GuideStats:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
+class CountingGuide(Guide):
+    """Forwards to ``inner``, counting calls and queries (prompts) until the next :meth:`take`."""
+
+    def __init__(self, inner: Guide):
+        self.inner, self.calls, self.queries = inner, 0, 0
+        self.supports_scoring = getattr(inner, "supports_scoring", True)
+
+    def generate(self, prompts, max_tokens: int = 256, temperature: float = 0.0):
+        self.calls, self.queries = self.calls + 1, self.queries + len(prompts)
+        return self.inner.generate(prompts, max_tokens, temperature)
+
+    def score(self, prompts, continuations):
+        self.calls, self.queries = self.calls + 1, self.queries + len(prompts)
+        return self.inner.score(prompts, continuations)
+
+    def take(self) -> dict[str, int]:
+        out = {"guide_calls": self.calls, "guide_queries": self.queries}
+        self.calls = self.queries = 0
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class CotSource:
     """``batch(i)`` asks the guide for the CoTs of the i-th batch of task prompts."""
 
@@ -45,6 +69,8 @@ class CotSource:
         return [self.examples[j] for j in self.order.indices(i)]
 
     def batch(self, i: int) -> list[CotItem]:
+        """The CoT items of batch ``i``: one batched generate call, and one score call when the reward needs the
+        guide's scores of its own text."""
         exs = self.examples_for(i)
         prompts = [guide_prompt(e.prompt, self.section) for e in exs]
         t0 = time.perf_counter()
