@@ -25,11 +25,12 @@ __all__ = [
     "VLLMOptions",
     "OpenAIOptions",
     "DatasetOptions",
+    "SubprocessOptions",
     "load_guide_config",
 ]
 
-Backend = Literal["transformers", "vllm", "openai", "dataset"]
-BACKENDS: tuple[str, ...] = ("transformers", "vllm", "openai", "dataset")
+Backend = Literal["transformers", "vllm", "openai", "dataset", "subprocess"]
+BACKENDS: tuple[str, ...] = ("transformers", "vllm", "openai", "dataset", "subprocess")
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 
@@ -165,7 +166,26 @@ class DatasetOptions(_Strict):
         return self
 
 
-Options = Annotated[TransformersOptions | VLLMOptions | OpenAIOptions | DatasetOptions, Field(discriminator="backend")]
+class SubprocessOptions(_Strict):
+    """Another guide config, run in a child process with another Python (vLLM's own environment on CPU)."""
+
+    backend: Literal["subprocess"] = "subprocess"
+    guide: dict[str, Any] = Field(description="The inner guide config (backend, options), e.g. a vllm guide.")
+    python: str | None = Field(None, description="The child's Python; default: the python_env variable's value.")
+    python_env: str | None = "RL_STATETUNE_VLLM_PYTHON"
+    start_timeout_s: Annotated[float, Field(gt=0)] = 900.0
+    call_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+
+    @model_validator(mode="after")
+    def _inner_is_a_guide(self) -> SubprocessOptions:
+        inner = GuideConfig.model_validate(self.guide)
+        if inner.backend == "subprocess":
+            raise ValueError("a subprocess guide cannot wrap another subprocess guide")
+        return self
+
+
+Options = Annotated[TransformersOptions | VLLMOptions | OpenAIOptions | DatasetOptions | SubprocessOptions,
+                    Field(discriminator="backend")]
 
 
 class GuideConfig(_Strict):

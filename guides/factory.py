@@ -18,6 +18,7 @@ GUIDE_CLASSES: dict[str, str] = {
     "vllm": "rl_statetune_guides.vllm_guide:VLLMGuide",
     "openai": "rl_statetune_guides.openai_guide:OpenAIGuide",
     "dataset": "rl_statetune_guides.dataset_guide:DatasetGuide",
+    "subprocess": "rl_statetune_guides.subprocess_guide:SubprocessGuide",
 }
 
 

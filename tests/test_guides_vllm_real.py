@@ -65,3 +65,48 @@ def test_vllm_engine_matches_transformers(smollm2_dir: Path, tmp_path: Path) -> 
     for g, w in zip(got["scored"], want_scores, strict=True):
         assert [tuple(o) for o in g["offsets"]] == list(w.offsets)
         torch.testing.assert_close(torch.tensor(g["logprobs"]), torch.tensor(w.logprobs), atol=1e-4, rtol=0)
+
+
+@pytest.mark.vllm
+def test_ray_job_rl_run_with_a_vllm_guide_actor(smollm2_dir: Path, tiny_world_ckpt: Path, tmp_path: Path) -> None:
+    """`ray job submit` of an RL run whose guide actor serves SmolLM2 through a vLLM engine (in vLLM's own
+    environment, via the subprocess backend): 2 learners, 4 steps, checkpoints and a final state."""
+    import shutil
+
+    import yaml
+
+    python = _vllm_python()
+    if python is None:
+        pytest.skip("vllm is not importable here and RL_STATETUNE_VLLM_PYTHON is unset; build vLLM's environment "
+                    "with scripts/make_vllm_env.sh (.ci/run does) and point RL_STATETUNE_VLLM_PYTHON at its python")
+    pytest.importorskip("ray")
+    repo = Path(__file__).resolve().parents[1]
+    guide = yaml.safe_load((repo / "configs/guides/smollm2_vllm_subprocess.yaml").read_text())
+    guide["options"]["python"] = python
+    guide["options"]["guide"]["options"]["model"] = str(smollm2_dir)
+    out = tmp_path / "out"
+    cfg = {"model": {"path": str(tiny_world_ckpt)}, "data": {"train_size": 8, "eval_size": 4},
+           "guide": {"inline": guide, "cot": {"max_tokens": 12, "stop": ["\n"]}},
+           "reward": {"kind": "match", "samples": 2},
+           "train": {"steps": 4, "batch_size": 2, "log_every": 1, "ckpt_every": 2, "out_dir": str(out), "eval": False},
+           "distributed": {"num_learners": 2, "learner_cpus": 0.5, "queue_size": 2, "guide_timeout_s": 1200}}
+    (tmp_path / "rl.yaml").write_text(yaml.safe_dump(cfg))
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "3", "--include-dashboard", "true",
+                    "--dashboard-host", "127.0.0.1"], check=True, env=env, capture_output=True)
+    try:
+        job = subprocess.run(
+            [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(repo),
+             "--runtime-env", str(repo / "launch/runtime_env.yaml"), "--",
+             sys.executable, "-m", "launch.submit_entry", "--config", str(tmp_path / "rl.yaml"), "--no-progress"],
+            env=env, capture_output=True, text=True, timeout=1500, check=False)
+        log = job.stdout[-4000:] + job.stderr[-4000:]
+        assert job.returncode == 0 and "succeeded" in job.stdout, log
+        assert "guide actor(s) (subprocess)" in job.stdout + job.stderr, log
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, check=False)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and lines[-1]["guide_tokens_per_s"] > 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert (out / "state.pth").exists() and (out / "state.safetensors").exists()
