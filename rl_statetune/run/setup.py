@@ -99,10 +99,13 @@ def guarded_step(tunable: TimeState, opt: torch.optim.Optimizer, loss: float, cf
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    if allreduce is not None:
-        flat = allreduce(torch.cat([p.grad.reshape(-1) for p in params]))
-        for p, g in zip(params, flat.split([p.numel() for p in params])):
+    if allreduce is not None:   # the loss travels along, so a non-finite loss anywhere skips the step everywhere
+        g0 = params[0].grad
+        flat = allreduce(torch.cat([p.grad.reshape(-1) for p in params] + [g0.new_tensor([loss])]))
+        *grads, loss_t = flat.split([p.numel() for p in params] + [1])
+        for p, g in zip(params, grads):
             p.grad.copy_(g.view_as(p))
+        loss = float(loss_t)
     norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
     before = [p.detach().clone() for p in params]
     bad = None if math.isfinite(loss) and math.isfinite(norm) else (
