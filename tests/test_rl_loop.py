@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 import yaml
 from char_guide import CrashingGuide
-from rl_statetune_guides import build_guide
+from rl_statetune_guides import Guide, build_guide
 
 from rl_statetune.cli import main as cli_main
 from rl_statetune.rl.config import RLConfig, load_rl_config
@@ -80,3 +81,26 @@ def test_guide_text_is_cut_at_stop_strings_and_max_chars():
     assert clean_guide_text("  Tom has 7.\nMore", g) == "Tom has"
     assert clean_guide_text("ab ### cd", g) == "ab"
     assert clean_guide_text("abc", GuideSection(task_rationales=True).cot) == "abc"
+
+
+class SleepyGuide(Guide):
+    """The task-rationale guide, taking ``delay`` seconds per generate call (a slow guide, really slow)."""
+
+    def __init__(self, inner: Guide, delay: float):
+        self.inner, self.delay = inner, delay
+
+    def generate(self, prompts, max_tokens=256, temperature=0.0):
+        time.sleep(self.delay)
+        return self.inner.generate(prompts, max_tokens, temperature)
+
+    def score(self, prompts, continuations):
+        return self.inner.score(prompts, continuations)
+
+
+def test_the_guide_writes_the_next_batch_while_the_learner_trains(tiny_world_ckpt, tmp_path):
+    cfg = small_cfg(tiny_world_ckpt, tmp_path, "match", steps=4)
+    inner = build_guide(resolve_guide_config(cfg.guide, cfg.data, tmp_path))
+    res = run_rl(cfg, progress=False, guide=SleepyGuide(inner, 0.3))
+    # without overlap the learner would wait 4 x 0.3 s; with it, only for the first batch and what is left of
+    # the others after each step's training
+    assert res.learner_wait_s < 4 * 0.3 - 0.15, res.learner_wait_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -67,24 +68,38 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Guide and one learner alternate in this process (``learner_wait_s`` is the time spent on the guide)."""
+    """One learner in this process; the guide writes the next step's CoTs in a thread while the learner trains
+    on this step's (a guide in another process, e.g. a vLLM engine, then really overlaps). ``learner_wait_s`` is
+    the time the learner waited for CoTs. Batch ``i`` depends only on (seed, i): prefetching changes nothing."""
 
     def __init__(self, cfg: RLConfig, model, tok, train, tunable, work_dir: Path, guide: Guide | None = None):
         self.own_guide = guide is None
         self.guide = build_guide(resolve_guide_config(cfg.guide, cfg.data, work_dir)) if guide is None else guide
+        # the reward's guide calls must not run concurrently with the prefetch on a guide that is not thread-safe
+        self.prefetch = cfg.reward.kind not in GUIDE_SCORED_REWARDS
         self.learner = Learner(model, tok, cfg, self.guide if cfg.reward.kind in GUIDE_SCORED_REWARDS else None,
                                seed=cfg.train.seed, tunable=tunable)
         self.source = CotSource(self.guide, train, cfg.guide.cot, cfg.train.batch_size, cfg.train.seed, tok,
                                 score=cfg.reward.kind in NEEDS_COT_SCORES)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="cot-prefetch")
+        self.pending: dict[int, Future] = {}
 
     def start(self, first_step: int, total_steps: int, saved: dict | None) -> None:
         if saved is not None:
             self.learner.load_checkpoint(saved)
 
+    def _batch(self, i: int) -> Future:
+        if i not in self.pending:
+            self.pending[i] = self.pool.submit(self.source.batch, i)
+        return self.pending[i]
+
     def step(self, step: int, total_steps: int) -> dict:
         t0 = time.perf_counter()
-        items = self.source.batch(step)          # batch step * N + rank with N = 1
+        items = self._batch(step).result()        # batch step * N + rank with N = 1
+        del self.pending[step]
         waited = time.perf_counter() - t0
+        if self.prefetch and step + 1 < total_steps:
+            self._batch(step + 1)
         return {**self.learner.train_step(items, step, total_steps), "wait_s": waited}
 
     def stats(self) -> dict:
@@ -97,6 +112,7 @@ class LocalExecutor:
         return self.learner.checkpoint()["tunable"]
 
     def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
         if self.own_guide:
             self.guide.close()
 
