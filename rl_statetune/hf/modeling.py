@@ -215,23 +215,30 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: RWKV7Cache | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                num_items_in_batch: int | torch.Tensor | None = None, return_dict: bool | None = None,
-                **kwargs) -> RWKV7CausalLMOutput:
+                num_items_in_batch: int | torch.Tensor | None = None, return_logits: bool = True,
+                return_dict: bool | None = None, **kwargs) -> RWKV7CausalLMOutput:
+        """``labels``: the loss is the next-token cross-entropy summed over labels != -100 and divided by their
+        count (or ``num_items_in_batch``); the vocabulary projection for it runs only at those positions.
+        ``return_logits=False`` skips the full [B, T, V] logits (training needs only the loss)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=use_cache,
                          **kwargs)
         hidden = out.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
-        else:
-            hidden = hidden[:, logits_to_keep]
-        logits = self.model.rwkv.head(hidden)
+        head = self.model.rwkv.head
         loss = None
         if labels is not None:
-            shifted = labels[:, 1:].to(logits.device)
-            nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), shifted.flatten(), ignore_index=-100,
-                                  reduction="sum")
-            denom = num_items_in_batch if num_items_in_batch is not None else (shifted != -100).sum().clamp(min=1)
+            shifted = labels[:, 1:].to(hidden.device)
+            mask = shifted != -100
+            logits_t = head(hidden[:, :-1][mask])
+            nll = F.cross_entropy(logits_t.float(), shifted[mask], reduction="sum")
+            denom = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
             loss = nll / denom
+        logits = None
+        if return_logits:
+            if isinstance(logits_to_keep, int):
+                hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+            else:
+                hidden = hidden[:, logits_to_keep]
+            logits = head(hidden)
         return RWKV7CausalLMOutput(loss=loss, logits=logits, cache=out.cache)
 
     # -- files -----------------------------------------------------------------------------------------------------
