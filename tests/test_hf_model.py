@@ -119,16 +119,31 @@ def test_generate_with_an_upscaled_state_equals_ours(tiny_world_ckpt, hf_tok):
     assert hf_token_ids(model, hf_tok, PROMPTS, 12) == ours
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
+def both_sides(hf_tok, prompts):
+    """Left-padded prompt + right-padded tail, as TRL's GRPO builds prompt + completion."""
+    left = hf_tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    tails = [[7, 8, 9][: 1 + i % 3] for i in range(len(prompts))]
+    width = max(map(len, tails))
+    ids = torch.cat([left["input_ids"], torch.tensor([t + [0] * (width - len(t)) for t in tails])], 1)
+    mask = torch.cat([left["attention_mask"], torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails])],
+                     1)
+    return {"input_ids": ids, "attention_mask": mask}, [hf_tok(p)["input_ids"] + t for p, t in zip(prompts, tails)]
+
+
+@pytest.mark.parametrize("side", ["right", "left", "both"])
 def test_padded_forward_equals_each_row_alone(embedded, hf_tok, side):
     state = random_state(embedded.rwkv.config, seed=2)
     embedded.attach_state(state)
     try:
-        enc = hf_tok(PROMPTS, return_tensors="pt", padding=True, padding_side=side)
+        if side == "both":
+            enc, rows = both_sides(hf_tok, PROMPTS)
+        else:
+            enc = hf_tok(PROMPTS, return_tensors="pt", padding=True, padding_side=side)
+            rows = [hf_tok(p)["input_ids"] for p in PROMPTS]
         with torch.no_grad():
             out = embedded(**enc)
-            for b, p in enumerate(PROMPTS):
-                ids = torch.tensor([hf_tok(p)["input_ids"]])
+            for b, row in enumerate(rows):
+                ids = torch.tensor([row])
                 ref, ref_state = embedded.rwkv(ids, state.initial_state(embedded.rwkv, 1))
                 real = enc["attention_mask"][b].bool()
                 torch.testing.assert_close(out.logits[b][real], ref[0], rtol=1e-5, atol=1e-5)

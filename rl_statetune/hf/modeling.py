@@ -83,8 +83,9 @@ class RWKV7CausalLMOutput(ModelOutput):
 def padding_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
     """-> (ids with each row's real tokens first, lengths [B] or None, per-row rotation [B] or None).
 
-    ``attention_mask`` must be all ones, right padding or left padding; its last T columns describe ``input_ids``
-    (during generation the mask also covers the tokens already in the cache)."""
+    Each row of ``attention_mask`` must be one contiguous run of ones: right padding (training collators), left
+    padding (``generate`` on a batch) or both (TRL's GRPO: left-padded prompt + right-padded completion). Its last
+    T columns describe ``input_ids`` (during generation the mask also covers the tokens already in the cache)."""
     if attention_mask is None:
         return input_ids, None, None
     B, T = input_ids.shape
@@ -97,13 +98,13 @@ def padding_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None)
     if bool((n == 0).any()):
         raise ValueError("a row of attention_mask has no real tokens")
     pos = torch.arange(T, device=input_ids.device)
-    if bool((mask == (pos[None] < n[:, None])).all()):
+    start = mask.int().argmax(1)  # first real token of each row
+    if not bool((mask == ((pos[None] >= start[:, None]) & (pos[None] < (start + n)[:, None]))).all()):
+        raise ValueError("each row of attention_mask must be one contiguous run of ones (a recurrent model reads "
+                         "every token it is given into its state)")
+    if not bool(start.any()):
         return input_ids, n, None
-    shift = T - n
-    if bool((mask == (pos[None] >= shift[:, None])).all()):
-        return input_ids.gather(1, (pos[None] + shift[:, None]) % T), n, shift
-    raise ValueError("attention_mask must be contiguous ones with left or right padding (a recurrent model reads "
-                     "every token it is given into its state)")
+    return input_ids.gather(1, (pos[None] + start[:, None]) % T), n, start
 
 
 class RWKV7PreTrainedModel(PreTrainedModel):

@@ -1,7 +1,9 @@
 """Supervised state tuning through TRL's ``SFTTrainer`` (accelerate underneath).
 
     python -m rl_statetune.hf.sft --config configs/quickstart.yaml [--set train.steps=30] [--out DIR]
-    accelerate launch --num_processes 2 --cpu -m rl_statetune.hf.sft --config ...     # data-parallel (gloo)
+    accelerate launch --multi_gpu --num_processes 2 -m rl_statetune.hf.sft --config ...   # data-parallel
+    (without GPUs ``--multi_gpu`` starts torchrun processes that accelerate runs as MULTI_CPU over gloo;
+    ``--cpu`` would start one process)
 
 The same run as ``rl-statetune tune`` (``rl_statetune.trainer.tune``): the same config, examples, tunable (plain
 or upscaled state, DBP), AdamW groups and lr schedule (``lr_at``: geometric decay lr -> lr_final), gradient
@@ -41,6 +43,13 @@ class SFTResult:
     train_seconds: float      # trainer.train() only
     tokens_per_s: float       # real (non-pad) tokens per second of train(), all processes together
     world_size: int
+    tuned_parameters: int = 0  # numbers the optimiser updates (R and the lifted state included)
+    artefact_bytes: int = 0    # the saved state / adapter files
+
+
+def _artefact_bytes(out: Path) -> int:
+    names = ("state.safetensors", "adapter_model.safetensors")
+    return sum((out / n).stat().st_size for n in names if (out / n).exists())
 
 
 def build_dataset(examples, tokenizer, max_len: int):
@@ -118,9 +127,27 @@ def state_sft_trainer_class():
     return StateSFTTrainer
 
 
+def lora_model(model, r: int, targets: str = "attention", alpha: int | None = None):
+    """Wrap ``model`` (an ``RWKV7ForCausalLM``) with a PEFT LoRA adapter on its linear layers: ``targets``
+    "attention" (receptance/key/value/output of every block) or "all" (those and the channel-mix key/value).
+    The vocabulary head and the embedding stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    patterns = {"attention": r".*\.att\.(receptance|key|value|output)",
+                "all": r".*\.(att\.(receptance|key|value|output)|ffn\.(key|value))"}
+    if targets not in patterns:
+        raise ValueError(f"LoRA targets must be one of {sorted(patterns)}, got {targets!r}")
+    conf = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=0.0, bias="none", target_modules=patterns[targets])
+    return get_peft_model(model, conf)
+
+
 def sft_tune(cfg, out_dir: str | Path | None = None, evaluate: bool = True, progress: bool = False,
-             loss_path: str = "targets") -> SFTResult:
-    """Tune ``cfg``'s state with TRL's SFTTrainer; see the module docstring."""
+             loss_path: str = "targets", lora: dict | None = None) -> SFTResult:
+    """Tune ``cfg``'s state with TRL's SFTTrainer; see the module docstring.
+
+    ``lora``: the PEFT baseline instead of state tuning, ``{"r": 4, "targets": "attention", "lr": 1e-2,
+    "lr_final": 1e-4}`` (``lora_model``); the adapter is saved with PEFT's ``save_pretrained`` (adapter files
+    only), and the schedule is ``lr_at`` with the LoRA's own lr / lr_final."""
     from trl import SFTConfig, SFTTrainer
 
     if loss_path not in LOSS_PATHS:
@@ -144,9 +171,12 @@ def sft_tune(cfg, out_dir: str | Path | None = None, evaluate: bool = True, prog
     tok = world_tokenizer()
     train, held = load_examples(cfg.data)
     fmt = cfg.data.target_format if cfg.data.task == "synthetic" else None
-    tunable = model.attach_state(make_tunable(model.rwkv, tok.world, train, cfg))
-    if not tunable.time_state.requires_grad:
-        raise RuntimeError("the tuned state must be trainable")
+    if lora is None:
+        tunable = model.attach_state(make_tunable(model.rwkv, tok.world, train, cfg))
+        if not tunable.time_state.requires_grad:
+            raise RuntimeError("the tuned state must be trainable")
+    else:
+        tunable = None
 
     acc_before = float("nan")
     if evaluate and rank == 0:
@@ -154,17 +184,24 @@ def sft_tune(cfg, out_dir: str | Path | None = None, evaluate: bool = True, prog
         log.info("held-out accuracy before tuning: %.3f (%d examples)", acc_before, len(held))
 
     steps = cfg.train.steps
-    opt = torch.optim.AdamW(tunable_param_groups(tunable, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                            weight_decay=cfg.optim.weight_decay)
+    optim_cfg = cfg.optim
+    if lora is None:
+        groups = tunable_param_groups(tunable, cfg)
+    else:
+        model = lora_model(model, lora["r"], lora.get("targets", "attention"), lora.get("alpha"))
+        optim_cfg = cfg.optim.model_copy(update={"lr": lora.get("lr", 1e-2), "lr_final": lora.get("lr_final", 1e-4)})
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    opt = torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     for g in opt.param_groups:  # each group's peak lr (the lifted state's and R's may differ from the state's)
-        g["lr"] = cfg.optim.lr * g.get("lr_scale", 1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, cfg.optim) / cfg.optim.lr)
+        g["lr"] = optim_cfg.lr * g.get("lr_scale", 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, optim_cfg) / optim_cfg.lr)
+    n_tuned = sum(p.numel() for g in opt.param_groups for p in g["params"])
     on_cpu = not torch.cuda.is_available()
     args = SFTConfig(
         output_dir=str(out / "trainer"), max_steps=steps,
         per_device_train_batch_size=cfg.train.batch_size // world,
         gradient_accumulation_steps=cfg.train.grad_accum, max_grad_norm=cfg.optim.grad_clip,
-        learning_rate=cfg.optim.lr, logging_steps=cfg.train.log_every, save_strategy="no", report_to="none",
+        learning_rate=optim_cfg.lr, logging_steps=cfg.train.log_every, save_strategy="no", report_to="none",
         seed=cfg.train.seed, data_seed=cfg.train.seed, max_length=cfg.train.max_len, completion_only_loss=True,
         gradient_checkpointing=False, packing=False, padding_free=False, dataloader_drop_last=True,
         use_cpu=on_cpu, ddp_backend="gloo" if on_cpu and world > 1 else None, disable_tqdm=not progress,
@@ -181,12 +218,18 @@ def sft_tune(cfg, out_dir: str | Path | None = None, evaluate: bool = True, prog
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     final_loss = losses[-1] if losses else float(result.training_loss)
     first_loss = losses[0] if losses else float("nan")
-    if world > 1 and os.environ.get("RL_STATETUNE_DUMP_RANKS") == "1":  # lets tests check the replicas agree
+    if world > 1 and tunable is not None and os.environ.get("RL_STATETUNE_DUMP_RANKS") == "1":
+        # lets tests check that the replicas agree
         out.mkdir(parents=True, exist_ok=True)
         save_state(out / f"state.rank{rank}.pth", tunable.time_state)
 
     acc_after = float("nan")
-    if rank == 0:
+    if rank == 0 and lora is not None:
+        model.save_pretrained(out)  # PEFT: adapter_config.json + adapter_model.safetensors
+        if evaluate:  # the adapter sits inside model.rwkv's linear layers now
+            acc_after = held_out_accuracy(model.get_base_model().rwkv, tok.world, held, None, fmt,
+                                          cfg.train.eval_max_new_tokens)
+    elif rank == 0:
         meta = {"format": "rl_statetune/time_state", "base_model": str(cfg.model.path),
                 "base_model_sha256_16": model_fingerprint(resolve_model_path(cfg.model.path)),
                 "model_config": model.rwkv.config.__dict__, "tune_config": cfg.model_dump(mode="json"),
@@ -197,8 +240,9 @@ def sft_tune(cfg, out_dir: str | Path | None = None, evaluate: bool = True, prog
         if evaluate:
             acc_after = held_out_accuracy(model.rwkv, tok.world, held, tunable, fmt, cfg.train.eval_max_new_tokens)
             log.info("held-out accuracy: %.3f before -> %.3f after tuning", acc_before, acc_after)
-    res = SFTResult(str(out), steps, float(final_loss), float(first_loss), acc_before, acc_after, time.time() - t_start,
-                    train_seconds, tokens / max(train_seconds, 1e-9), world)
+    res = SFTResult(str(out), steps, float(final_loss), float(first_loss), acc_before, acc_after,
+                    time.time() - t_start, train_seconds, tokens / max(train_seconds, 1e-9), world, n_tuned,
+                    _artefact_bytes(out) if rank == 0 else 0)
     if rank == 0:
         (out / "result.json").write_text(json.dumps(res.__dict__, indent=2))
     return res
