@@ -29,3 +29,14 @@ def test_transformers_does_not_mistake_our_kernels_folder_for_hf_kernels():
     found, real, available = out.stdout.split()
     assert found == "True"              # the folder is visible as `kernels` from the repo root...
     assert available == real            # ...but transformers only reports the real, installed package
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """``[tool.setuptools] packages`` is an explicit list: a new subpackage missing from it installs from a
+    checkout (editable) but not from a wheel."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "rl_statetune").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
