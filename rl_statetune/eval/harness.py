@@ -119,12 +119,14 @@ class RWKVStateLM(TemplateLM):
                  max_gen_toks: int = 256, min_shared_prefix: int = 8, *, model: Any = None, tokenizer: Any = None,
                  init_state_fn: InitStateFn | None = None, **_ignored: Any) -> None:
         super().__init__()
+        if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cpu"  # lm_eval's CLI passes its default device ("cuda"), also on CPU-only machines
         if model is None:
             from rl_statetune.checkpoint import load_model
 
-            model = load_model(pretrained, dtype=dtype, device=device or "cpu", backend=backend)
+            model = load_model(pretrained, dtype=dtype, device=device, backend=backend)
             if init_state_fn is None:
-                init_state_fn = load_init_state(model, state, device or "cpu")
+                init_state_fn = load_init_state(model, state, device)
         self.model = model.eval() if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer if tokenizer is not None else tokenizer_for(model)
         self.init_state_fn = init_state_fn
