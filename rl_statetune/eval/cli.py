@@ -119,8 +119,7 @@ def make_lm(model: str, state: str | None, args: argparse.Namespace, cache: dict
     if model.startswith("hf:"):
         from lm_eval.models.huggingface import HFLM
 
-        return HFLM(pretrained=model[3:], dtype="float32", device=args.device, batch_size=args.batch_size,
-                    max_gen_toks=args.max_new_tokens or 256)
+        return HFLM(pretrained=model[3:], dtype="float32", device=args.device, batch_size=args.batch_size)
     from rl_statetune.eval.harness import RWKVStateLM, load_init_state, tokenizer_for
 
     if model not in cache:
