@@ -130,7 +130,7 @@ def make_lm(model: str, state: str | None, args: argparse.Namespace, cache: dict
     m, tok = cache[model]
     return RWKVStateLM(pretrained=model, state=state, batch_size=args.batch_size, model=m, tokenizer=tok,
                        init_state_fn=load_init_state(m, state, args.device), prefix_cache=not args.no_prefix_cache,
-                       max_gen_toks=args.max_new_tokens or 256)
+                       progress=not args.no_progress, max_gen_toks=args.max_new_tokens or 256)
 
 
 def task_config(task: str, data_dir: str | None = None, keep: set[str] | None = None) -> dict:

@@ -116,7 +116,7 @@ class RWKVStateLM(TemplateLM):
 
     def __init__(self, pretrained: str = "embedded", state: str | None = None, batch_size: Any = 8,
                  device: str = "cpu", dtype: str = "float32", backend: str = "auto", prefix_cache: Any = True,
-                 max_gen_toks: int = 256, min_shared_prefix: int = 8, *, model: Any = None, tokenizer: Any = None,
+                 max_gen_toks: int = 256, min_shared_prefix: int = 8, progress: Any = True, *, model: Any = None, tokenizer: Any = None,
                  init_state_fn: InitStateFn | None = None, **_ignored: Any) -> None:
         super().__init__()
         if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
@@ -135,6 +135,7 @@ class RWKVStateLM(TemplateLM):
         self.prefix_cache = str(prefix_cache).lower() not in ("false", "0", "no", "off")
         self._max_gen_toks = int(max_gen_toks)
         self.min_shared_prefix = int(min_shared_prefix)
+        self.progress = str(progress).lower() not in ("false", "0", "no", "off")
         self._device = model_device(self.model)
         self.stats = {"forward_tokens": 0, "forwards": 0}
 
@@ -191,6 +192,9 @@ class RWKVStateLM(TemplateLM):
         return value
 
     # -- loglikelihood ---------------------------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress)
+
     @torch.inference_mode()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         out: list[tuple[float, bool] | None] = [None] * len(requests)
@@ -198,7 +202,8 @@ class RWKVStateLM(TemplateLM):
         for i, (ctx, cont) in enumerate(toks):
             if not ctx or not cont:
                 raise ValueError(f"request {i} ({requests[i][0]!r}) has an empty context or continuation")
-        with tqdm(total=len(requests), desc="rl_statetune loglikelihood", disable=disable_tqdm, leave=False) as bar:
+        with tqdm(total=len(requests), desc="rl_statetune loglikelihood", disable=disable_tqdm or not self.progress,
+                  leave=False) as bar:
             if self.prefix_cache:
                 self._score_shared(toks, out, bar)
             else:
@@ -279,7 +284,7 @@ class RWKVStateLM(TemplateLM):
         seqs = [[self.eot_token_id] + self.tok_encode(req.args[0]) for req in requests]
         out = [0.0] * len(seqs)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-        for s in tqdm(range(0, len(order), self.batch_size), disable=disable_tqdm, leave=False,
+        for s in tqdm(range(0, len(order), self.batch_size), disable=disable_tqdm or not self.progress, leave=False,
                       desc="rl_statetune loglikelihood_rolling"):
             rows = order[s:s + self.batch_size]
             idx, lengths = pad_right([seqs[i][:-1] if len(seqs[i]) > 1 else seqs[i] for i in rows], 0, self._device)
@@ -316,7 +321,7 @@ class RWKVStateLM(TemplateLM):
         for (until, max_toks, temperature, top_p), rows in groups.items():
             texts = generate(self.model, self.tokenizer, [requests[i].args[0] for i in rows], max_toks,
                              init_state=self.init_state_fn, stop=until, temperature=temperature, top_p=top_p,
-                             batch_size=self.batch_size, progress=not disable_tqdm, desc="rl_statetune generate")
+                             batch_size=self.batch_size, progress=self.progress and not disable_tqdm, desc="rl_statetune generate")
             for i, text in zip(rows, texts):
                 out[i] = text
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
