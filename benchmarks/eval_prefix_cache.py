@@ -28,13 +28,12 @@ def main() -> None:
 
     import lm_eval
     from rl_statetune.checkpoint import load_model
-    from rl_statetune.eval.cli import task_config
+    from rl_statetune.eval.cli import task_config, task_manager
     from rl_statetune.eval.harness import RWKVStateLM, load_init_state, tokenizer_for
-    from lm_eval.tasks import TaskManager
 
     model = load_model(args.model)
     init = load_init_state(model, args.state)
-    tm = TaskManager()
+    tm = task_manager()
     mmlu = task_config("mmlu")
     mmlu["task"] = mmlu["task"][: args.mmlu_subjects]
     cases = [("arc_challenge 0-shot", task_config("arc_challenge"), args.arc_limit, None),

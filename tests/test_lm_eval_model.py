@@ -12,7 +12,7 @@ import torch
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[eval]')")
 
-from rl_statetune.eval.cli import task_config  # noqa: E402
+from rl_statetune.eval.cli import task_config, task_manager as make_task_manager  # noqa: E402
 from rl_statetune.eval.harness import NonFiniteScoreError, RWKVStateLM, load_init_state, tokenizer_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +48,7 @@ def tuned(model):
 
 @pytest.fixture(scope="module")
 def task_manager():
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager()
+    return make_task_manager()
 
 
 def instances(task_manager, task, limit, num_fewshot=None, subjects=None):

@@ -163,10 +163,11 @@ def gsm8k(**kw):
     return load("gsm8k", **kw)
 
 
-# Importing this module registers the ``rl_statetune`` model with lm-eval: lm-eval 0.4.13 has no plugin discovery,
-# but a task YAML given as ``lm_eval --tasks <path>.yaml`` is loaded (and this module imported) before the model is
-# looked up, so the plain ``lm_eval`` command finds it.
-try:
-    import rl_statetune.eval.harness  # noqa: F401
-except ImportError:  # lm-eval or torch missing: the loaders above still work
-    pass
+# lm-eval 0.4.13 has no plugin discovery, but a task YAML given as ``lm_eval --tasks <path>.yaml`` is loaded (and
+# this file imported, by path) before the model is looked up: that import registers the ``rl_statetune`` model, so
+# the plain ``lm_eval`` command finds it. A normal import (``rl_statetune.eval.tasks.local_data``) stays light.
+if __name__ != "rl_statetune.eval.tasks.local_data":
+    try:
+        import rl_statetune.eval.harness  # noqa: F401
+    except ImportError:  # lm-eval or torch missing: the loaders above still work
+        pass
