@@ -15,10 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-M_RWKV = ["--model", "embedded", "--state", "runs/quickstart/state.pth", "--compare"]
+STATE = ["--state", "runs/quickstart/state.pth"]
+M_RWKV = ["--model", "embedded", *STATE, "--compare"]
 M_HF = ["--model", "hf:models/smollm2-135m-instruct"]
 BLOCKS = [  # (out dir, models, tasks, extra)
-    ("runs/full-embedded", M_RWKV, "arc_challenge,winogrande,mmlu,gsm8k", ["--batch-size", "16"]),
+    ("runs/full-embedded", ["--model", "embedded"], "arc_challenge,winogrande,mmlu", ["--batch-size", "16"]),
+    ("runs/full-state", ["--model", "embedded", *STATE], "arc_challenge,winogrande,mmlu", ["--batch-size", "16"]),
+    ("runs/gsm8k-100", M_RWKV, "gsm8k", ["--limit", "100", "--batch-size", "16"]),
     ("runs/table-arc-wino", M_RWKV + M_HF, "arc_challenge,winogrande", ["--limit", "150"]),
     ("runs/table-mmlu", M_RWKV + M_HF, "mmlu", ["--limit", "3"]),
     ("runs/table-gsm8k", M_RWKV + M_HF, "gsm8k", ["--limit", "20"]),
