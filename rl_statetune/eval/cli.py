@@ -1,10 +1,12 @@
-"""``rl-statetune eval``: evaluate a frozen RWKV-7 with its own initial state and/or tuned states.
+"""``rl-statetune eval``: a thin front end over lm-evaluation-harness.
 
-    rl-statetune eval --model M.pth [--state S1.pth --state S2.pth] --tasks mmlu,gsm8k --limit 100 \\
-        --out DIR [--compare] [--data-file mmlu@test=test.jsonl --data-file mmlu@dev=dev.jsonl]
+    rl-statetune eval --model embedded [--state S1.pth --state S2.pth] [--model hf:models/smollm2-135m-instruct] \\
+        --tasks arc_challenge,mmlu,winogrande,gsm8k --limit 100 --out DIR [--compare]
 
-Without ``--state`` the model's own initial state ("base") is evaluated; with states, each state is evaluated and
-``--compare`` adds the base run and deltas against it.
+Each RWKV-7 ``--model`` is evaluated with its own initial state ("base", without ``--state`` or with
+``--compare``) and with every ``--state``; an ``hf:<folder>`` model (a guide) runs through lm-eval's own ``hf`` model,
+so both land in one table. Scoring, prompts and metrics are lm-eval's (``rl_statetune/eval/tasks/*.yaml``); every
+benchmark row is validated before the first score, and each finished (run, task) is written to ``DIR`` at once.
 """
 
 from __future__ import annotations
@@ -12,111 +14,245 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from rl_statetune.lm import InitStateFn
-from rl_statetune.eval.report import write_report
-from rl_statetune.eval.runner import parse_tasks, run_eval
-from rl_statetune.eval.tasks import TASKS
+from rl_statetune.eval.tasks.local_data import ENV, SPLITS, benchmark_file, data_root, read_rows
 
 BASE = "base"
+TASK_DIR = Path(__file__).parent / "tasks"
+
+
+class Spec:
+    def __init__(self, yaml: str, name: str, metrics: tuple[str, ...], benchmark: str):
+        self.yaml, self.name, self.metrics, self.benchmark = yaml, name, metrics, benchmark
+
+
+# our task name -> the local task YAML, the lm-eval result to report (task or group), its metrics (primary first)
+TASKS = {
+    "arc_challenge": Spec("arc_challenge_local.yaml", "arc_challenge", ("acc_norm,none", "acc,none"), "arc_challenge"),
+    "mmlu": Spec("mmlu_local.yaml", "mmlu_local", ("acc,none",), "mmlu"),
+    "winogrande": Spec("winogrande_local.yaml", "winogrande", ("acc,none",), "winogrande"),
+    "gsm8k": Spec("gsm8k_local.yaml", "gsm8k", ("exact_match,strict-match", "exact_match,flexible-extract"), "gsm8k"),
+}
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="RWKV-7 checkpoint (.pth / .safetensors / HF folder)")
+    parser.add_argument("--model", required=True, action="append", metavar="PATH",
+                        help="RWKV-7 checkpoint (embedded / .pth / .safetensors / fla folder), or hf:<folder> for a "
+                             "Hugging Face causal LM (e.g. the guide); repeatable")
     parser.add_argument("--state", action="append", default=[], metavar="PATH",
-                        help="tuned state file; repeat to evaluate several (named by file stem)")
-    parser.add_argument("--tasks", default=",".join(TASKS),
-                        help=f"comma-separated tasks from {{{', '.join(TASKS)}}}; name:config picks a Hub config")
-    parser.add_argument("--limit", type=int, default=None, help="score at most N docs per task")
-    parser.add_argument("--num-fewshot", type=int, default=None, help="default: per task (gsm8k 5, others 0)")
+                        help="tuned (or upscaled) state file for the RWKV-7 model(s); repeatable, named by file stem")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score at most N docs per lm-eval task (MMLU: per subject, as lm-eval does)")
+    parser.add_argument("--num-fewshot", type=int, default=None, help="default: lm-eval's (gsm8k 5, others 0)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="generation budget (gsm8k)")
-    parser.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
-    parser.add_argument("--data-file", action="append", default=[], metavar="TASK[@SPLIT]=PATH",
-                        help="local jsonl/parquet in the Hub schema instead of the Hub (repeatable)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default lm-eval's, 256)")
+    parser.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's default 1234)")
+    parser.add_argument("--data-dir", default=None, help=f"data root holding benchmarks/ (default ${ENV} or ../shared/data)")
     parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png and samples")
     parser.add_argument("--compare", action="store_true", help="also run the base state and report deltas")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="RWKV: run every request from scratch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
 
-def parse_data_files(items: list[str]) -> dict[str, Any]:
-    """``["mmlu=a.jsonl", "gsm8k@test=t.jsonl", "gsm8k@train=tr.jsonl"]`` -> run_eval's ``data_files``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, path = item.partition("=")
-        if not sep or not key or not path:
-            raise ValueError(f"--data-file expects TASK[@SPLIT]=PATH, got {item!r}")
-        task, _, split = key.partition("@")
-        if split:
-            if isinstance(out.get(task), str):
-                raise ValueError(f"--data-file for {task!r} mixes a plain path with per-split paths")
-            out.setdefault(task, {})[split] = path
-        else:
-            if task in out:
-                raise ValueError(f"--data-file given twice for {task!r}")
-            out[task] = path
-    return out
+def parse_tasks(tasks: str) -> list[str]:
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise ValueError("--tasks is empty; give one or more of " + ", ".join(TASKS))
+    for n in names:
+        if n not in TASKS:
+            raise ValueError(f"unknown eval task {n!r} in --tasks; choose from {', '.join(TASKS)}")
+    return list(dict.fromkeys(names))
 
 
-def _run_names(state_paths: list[str]) -> list[str]:
+def validate_data(tasks: list[str], data_dir: str | None) -> dict[str, str]:
+    """Read and check every row of every file the tasks use, before anything is scored."""
+    sources = {}
+    for t in tasks:
+        b = TASKS[t].benchmark
+        for split in SPLITS[b]:
+            read_rows(benchmark_file(b, split, data_dir), b)
+        sources[t] = str(data_root(data_dir) / "benchmarks" / b)
+    return sources
+
+
+def _stem_names(paths: list[str], taken: set[str]) -> list[str]:
     names: list[str] = []
-    for p in state_paths:
+    for p in paths:
         stem, n = Path(p).stem, 2
         name = stem
-        while name in names or name == BASE:
+        while name in names or name in taken:
             name, n = f"{stem}_{n}", n + 1
         names.append(name)
     return names
 
 
-def _load(model_path: str, state_paths: list[str], device: str = "cpu") -> tuple[Any, Any, dict[str, InitStateFn]]:
-    """Model, tokenizer and {run name: init_state_fn} — the one place that knows how checkpoints load."""
-    from rl_statetune.checkpoint import load_model
-    from rl_statetune.tokenizer import WorldTokenizer
+def plan_runs(models: list[str], states: list[str], compare: bool) -> list[tuple[str, str, str | None]]:
+    """[(run name, model, state or None)] in evaluation order."""
+    rwkv = [m for m in models if not m.startswith("hf:")]
+    hf = [m for m in models if m.startswith("hf:")]
+    if states and not rwkv:
+        raise ValueError("--state needs an RWKV-7 --model (hf: models have no recurrent state)")
+    plan = []
+    for m in rwkv:
+        prefix = "" if len(rwkv) == 1 else f"{Path(m).stem}/"
+        if not states or compare:
+            plan.append((f"{prefix}{BASE}", m, None))
+        for name, s in zip(_stem_names(states, {BASE}), states):
+            plan.append((f"{prefix}{name}", m, s))
+    for m in hf:
+        folder = m[3:]
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--model {m}: no Hugging Face model folder at {folder} (build the SmolLM2 guide "
+                                    "with scripts/make_smollm2_guide.py --out models/smollm2-135m-instruct)")
+        plan.append((f"hf:{Path(folder).name}", m, None))
+    return plan
 
-    model = load_model(model_path, device=device)
-    states: dict[str, InitStateFn] = {}
-    if state_paths:
-        from rl_statetune.state import initial_state_fn, load_state
-        from rl_statetune.upscale import tunable_from_file
 
-        for name, path in zip(_run_names(state_paths), state_paths):
-            state_file = load_state(path)
-            state_file.check_fits(model.config, source=str(path))
-            states[name] = initial_state_fn(model, tunable_from_file(state_file, model.config).to(device))
-    return model, WorldTokenizer(), states
+def make_lm(model: str, state: str | None, args: argparse.Namespace, cache: dict) -> Any:
+    """An lm-eval model object; RWKV models are loaded once and shared by their states' runs."""
+    if model.startswith("hf:"):
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=model[3:], dtype="float32", device=args.device, batch_size=args.batch_size)
+    from rl_statetune.eval.harness import RWKVStateLM, load_init_state, tokenizer_for
+
+    if model not in cache:
+        from rl_statetune.checkpoint import load_model
+
+        m = load_model(model, device=args.device)
+        cache[model] = (m, tokenizer_for(m))
+    m, tok = cache[model]
+    return RWKVStateLM(pretrained=model, state=state, batch_size=args.batch_size, model=m, tokenizer=tok,
+                       init_state_fn=load_init_state(m, state, args.device), prefix_cache=not args.no_prefix_cache,
+                       progress=not args.no_progress, max_gen_toks=args.max_new_tokens or 256)
+
+
+def task_config(task: str, data_dir: str | None = None, keep: set[str] | None = None) -> dict:
+    """The local task YAML as an inline lm-eval config (``keep``: only these lm-eval subtasks). Inline configs
+    cannot carry a group's ``aggregate_metric_list`` in lm-eval 0.4.13 (it leaks into the subtasks), so it is
+    dropped here; load by name (``task_manager(...)`` + ``TASKS[t].name``) to get lm-eval's MMLU aggregate."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(TASK_DIR / TASKS[task].yaml, resolve_func=True)
+    cfg.pop("aggregate_metric_list", None)
+    cfg.pop("metadata", None)
+    if keep is not None:
+        cfg["task"] = [t for t in cfg["task"] if t["task"] in keep]
+    for item in cfg["task"]:
+        if data_dir is not None:
+            item["metadata"] = {**item.get("metadata", {}), "data_dir": str(data_dir)}
+    return cfg
+
+
+def task_manager(data_dir: str | None = None):
+    """lm-eval's TaskManager with the local task YAMLs registered (``*_local`` names). Only the folders of the four
+    lm-eval task families are indexed (indexing all of lm-eval's tasks takes ~8 s per TaskManager)."""
+    import lm_eval.tasks
+    from lm_eval.tasks import TaskManager
+
+    lm_tasks = Path(lm_eval.tasks.__file__).parent
+    paths = [lm_tasks / "arc", lm_tasks / "mmlu" / "default", lm_tasks / "winogrande", lm_tasks / "gsm8k", TASK_DIR]
+    return TaskManager(include_path=[str(p) for p in paths], include_defaults=False,
+                       metadata={"data_dir": str(data_dir)} if data_dir else None)
+
+
+def summarize(task: str, out: dict, seconds: float) -> dict:
+    """lm-eval's result dict -> {metric: value, metric_stderr, n, num_fewshot, primary_metric, seconds}."""
+    spec = TASKS[task]
+    res = out.get("groups", {}).get(spec.name) or out["results"][spec.name]
+    row: dict[str, Any] = {}
+    for key in spec.metrics:
+        metric, _, filt = key.partition(",")
+        name = metric if filt == "none" else key
+        row[name] = float(res[key])
+        stderr = res.get(f"{metric}_stderr,{filt}")
+        row[f"{name}_stderr"] = float("nan") if stderr in (None, "N/A") else float(stderr)
+    leaves = [t for t in out["n-samples"]]
+    row["n"] = int(sum(out["n-samples"][t]["effective"] for t in leaves))
+    shots = {v for k, v in out.get("n-shot", {}).items() if k in leaves}
+    row["num_fewshot"] = shots.pop() if len(shots) == 1 else sorted(shots)
+    row["primary_metric"] = next(iter(k for k in row))
+    row["seconds"] = round(seconds, 2)
+    return row
+
+
+def samples_of(out: dict) -> list[dict]:
+    rows = []
+    for task, docs in (out.get("samples") or {}).items():
+        for s in docs:
+            rows.append({"task": task, "doc_id": s.get("doc_id"), "target": str(s.get("target")),
+                         "filtered_resps": json.loads(json.dumps(s.get("filtered_resps"), default=str)),
+                         **{k: s[k] for k in ("acc", "acc_norm", "exact_match") if k in s}})
+    return rows
+
+
+def run_task(lm: Any, task: str, args: argparse.Namespace, task_manager: Any) -> tuple[dict, list[dict]]:
+    import lm_eval
+
+    t0 = time.perf_counter()
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=[Path(TASKS[task].yaml).stem], limit=args.limit, num_fewshot=args.num_fewshot,
+        task_manager=task_manager, log_samples=True, verbosity="ERROR",
+        gen_kwargs=f"max_gen_toks={args.max_new_tokens}" if args.max_new_tokens else None,
+        random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=args.seed)
+    return summarize(task, out, time.perf_counter() - t0), samples_of(out)
 
 
 def eval_main(args: argparse.Namespace) -> int:
+    import os
+
+    from rl_statetune.eval.report import write_report
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tasks = parse_tasks(args.tasks)
-    data_files = parse_data_files(args.data_file)
-    model, tokenizer, states = _load(args.model, args.state, args.device)
-    plan: dict[str, InitStateFn | None] = {}
-    if not states or args.compare:
-        plan[BASE] = None
-    plan.update(states)
-    runs = {}
-    for name, fn in plan.items():
-        print(f"[eval] {name}: {', '.join(tasks)}", file=sys.stderr)
-        runs[name] = run_eval(model, tokenizer, tasks, limit=args.limit, num_fewshot=args.num_fewshot,
-                              data_files=data_files, init_state_fn=fn, batch_size=args.batch_size,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.no_progress)
-    extra = {"model": str(args.model), "states": dict(zip(states, args.state))}
-    paths = write_report(args.out, runs, base=BASE if args.compare and states else None, extra_config=extra)
+    plan = plan_runs(args.model, args.state, args.compare)
+    sources = validate_data(tasks, args.data_dir)
+    tm = task_manager(args.data_dir)
+    runs: dict[str, dict] = {}
+    base = BASE if args.compare and args.state and any(n == BASE for n, _, _ in plan) else None
+    extra = {"models": args.model, "states": dict(zip(_stem_names(args.state, {BASE}), args.state)),
+             "data": sources, "lm_eval": _lm_eval_version()}
+    cache: dict = {}
+    paths = None
+    for name, model, state in plan:
+        lm = make_lm(model, state, args, cache)
+        runs[name] = {"results": {}, "samples": {},
+                      "config": {"tasks": tasks, "limit": args.limit, "num_fewshot": args.num_fewshot,
+                                 "batch_size": args.batch_size, "seed": args.seed, "model": model, "state": state}}
+        for task in tasks:
+            print(f"[eval] {name}: {task}", file=sys.stderr)
+            row, samples = run_task(lm, task, args, tm)
+            row["source"] = sources[task]
+            runs[name]["results"][task] = row
+            runs[name]["samples"][task] = samples
+            paths = write_report(args.out, runs, base=base if base in runs else None, extra_config=extra)
     print(paths["markdown"].read_text())
     print(json.dumps({k: str(v) for k, v in paths.items()}), file=sys.stderr)
     return 0
 
 
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m rl_statetune.eval.cli``)."""
+    """Stand-alone entry point (``python -m rl_statetune.eval.cli``): bad input -> one line, exit 2."""
     parser = add_eval_args(argparse.ArgumentParser(prog="rl-statetune eval", description=__doc__,
                                                    formatter_class=argparse.RawDescriptionHelpFormatter))
-    return eval_main(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return eval_main(args)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"rl-statetune eval: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 Runs = Mapping[str, Mapping[str, Any]]
-"""{run name: run_eval output}."""
+"""{run name: {"results": {task: metrics}, "samples": {task: [rows]}, "config": {...}}} (see eval.cli)."""
 
 
 def metric_names(task_result: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,322 @@
+"""The ``rl_statetune`` model for lm-evaluation-harness: a frozen RWKV-7 starting from its own, a tuned or an
+upscaled initial state.
+
+    lm_eval --model rl_statetune --model_args pretrained=embedded,state=runs/quickstart/state.pth \\
+        --tasks rl_statetune/eval/tasks/arc_challenge_local.yaml
+
+lm-eval builds the prompts, splits, few-shot examples, metrics and filters; this class only answers its three
+request types. Context/continuation tokenisation is lm-eval's own (``TemplateLM``): trailing context whitespace
+moves to the continuation, an empty context becomes the end-of-text token.
+
+**The recurrent state as a prefix cache** (``prefix_cache=True``, the default). An RWKV state after a prefix is
+all the model needs to continue it, so requests that share tokens run them once:
+
+* every continuation of one context (the choices of a multiple-choice question) starts from a copy
+  (``RecurrentState.select``) of the context's state; single-token continuations (MMLU's `` A``..`` D``) need no
+  forward of their own: the context's last logits score them;
+* contexts are processed in lexicographic token order, batch by batch; the longest common token prefix of a
+  batch (a few-shot prompt's shared examples, an MMLU subject's description) runs once, and the batch continues
+  from copies of its state (the last such prefix state is kept for the next batch).
+
+``prefix_cache=False`` runs each request as ``context + continuation[:-1]`` from the initial state, the way
+lm-eval's ``hf`` model does. Both give the same scores up to float rounding (tests), the cache is faster
+(``benchmarks/eval_prefix_cache.py``). Logits are only computed at the positions that are scored (the hidden
+states of a long context never meet the vocabulary-sized head).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from tqdm.auto import tqdm
+
+from rl_statetune.lm import InitStateFn, initial_state, model_device, pad_right
+
+NAME = "rl_statetune"
+
+
+class NonFiniteScoreError(ValueError):
+    """The model produced NaN/inf log-probabilities (e.g. a broken tuned state): scoring would be meaningless."""
+
+
+class ByteTokenizer:
+    """Byte-level vocabulary (token id = byte value), as the 256-token RWKV-7 test models use; id 0 ends text."""
+
+    eos_id = 0
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int], errors: str = "replace") -> str:
+        return bytes(i for i in ids if i != self.eos_id).decode("utf-8", errors=errors)
+
+
+def tokenizer_for(model: Any):
+    """The world tokenizer for 65536-token models, bytes for 256-token ones."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab == 256:
+        return ByteTokenizer()
+    from rl_statetune.tokenizer import WorldTokenizer
+
+    return WorldTokenizer()
+
+
+def load_init_state(model: Any, path: str | Path | None, device: str | torch.device = "cpu") -> InitStateFn | None:
+    """``batch_size -> RecurrentState`` for a tuned/upscaled state file (None: the model's own zero state).
+    Raises ValueError naming the file when it does not fit the model, is corrupt or holds NaN/inf."""
+    if path is None or str(path) in ("", "none", "None"):
+        return None
+    from rl_statetune.state import initial_state_fn
+    from rl_statetune.upscale import load_tunable
+
+    module = load_tunable(path, model.config).to(device)   # refuses NaN / inf and states of another model size
+    module.requires_grad_(False)
+    return initial_state_fn(model, module)
+
+
+def _batch_size(value: Any) -> int:
+    if value in (None, "auto") or str(value).startswith("auto"):
+        return 8
+    n = int(value)
+    if n < 1:
+        raise ValueError(f"batch_size must be >= 1, got {value}")
+    return n
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@register_model(NAME, "rwkv7_state")
+class RWKVStateLM(TemplateLM):
+    """lm-eval model for RWKV-7 with an optional tuned state.
+
+    ``--model_args``: ``pretrained`` (``embedded``, BlinkDL .pth/.safetensors, fla/HF folder), ``state`` (state file),
+    ``batch_size``, ``device``, ``dtype`` (float32), ``backend`` (WKV backend, auto), ``prefix_cache`` (true),
+    ``max_gen_toks`` (256), ``min_shared_prefix`` (tokens, 8). From Python, ``model=``/``tokenizer=``/
+    ``init_state_fn=`` pass objects instead of paths.
+    """
+
+    def __init__(self, pretrained: str = "embedded", state: str | None = None, batch_size: Any = 8,
+                 device: str = "cpu", dtype: str = "float32", backend: str = "auto", prefix_cache: Any = True,
+                 max_gen_toks: int = 256, min_shared_prefix: int = 8, progress: Any = True, *, model: Any = None, tokenizer: Any = None,
+                 init_state_fn: InitStateFn | None = None, **_ignored: Any) -> None:
+        super().__init__()
+        if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cpu"  # lm_eval's CLI passes its default device ("cuda"), also on CPU-only machines
+        if model is None:
+            from rl_statetune.checkpoint import load_model
+
+            model = load_model(pretrained, dtype=dtype, device=device, backend=backend)
+            if init_state_fn is None:
+                init_state_fn = load_init_state(model, state, device)
+        self.model = model.eval() if isinstance(model, torch.nn.Module) else model
+        self.tokenizer = tokenizer if tokenizer is not None else tokenizer_for(model)
+        self.init_state_fn = init_state_fn
+        self.pretrained, self.state_path = str(pretrained), None if state is None else str(state)
+        self._batch_size = _batch_size(batch_size)
+        self.prefix_cache = str(prefix_cache).lower() not in ("false", "0", "no", "off")
+        self._max_gen_toks = int(max_gen_toks)
+        self.min_shared_prefix = int(min_shared_prefix)
+        self.progress = str(progress).lower() not in ("false", "0", "no", "off")
+        self._device = model_device(self.model)
+        self.stats = {"forward_tokens": 0, "forwards": 0}
+
+    # -- lm-eval plumbing ------------------------------------------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def tokenizer_name(self) -> str:
+        return type(self.tokenizer).__name__
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return list(self.tokenizer.encode(string))
+
+    def tok_decode(self, tokens: list[int], **kwargs) -> str:
+        return self.tokenizer.decode(list(tokens))
+
+    def get_model_info(self) -> dict:
+        return {"model": self.pretrained, "state": self.state_path, "prefix_cache": self.prefix_cache}
+
+    # -- forward helpers -------------------------------------------------------------------------------------
+    def _hidden(self, idx: torch.Tensor, state: Any, lengths: torch.Tensor | None):
+        """(features or logits [B, T, *], new state, whether the first is features that still need the head)."""
+        self.stats["forwards"] += 1
+        self.stats["forward_tokens"] += int(lengths.sum()) if lengths is not None else idx.numel()
+        hidden = getattr(self.model, "hidden", None)
+        if callable(hidden) and hasattr(self.model, "head"):
+            h, s = hidden(idx, state, lengths)
+            return h, s, True
+        logits, s = self.model(idx, state, lengths)
+        return logits, s, False
+
+    def _logprobs(self, x: torch.Tensor, is_hidden: bool) -> torch.Tensor:
+        logits = self.model.head(x) if is_hidden else x
+        return logits.float().log_softmax(-1)
+
+    def _start_state(self, n: int) -> Any:
+        return initial_state(self.init_state_fn, n)
+
+    @staticmethod
+    def _finite(value: float, what: str) -> float:
+        if not math.isfinite(value):
+            raise NonFiniteScoreError(f"{what}: log-likelihood is {value}; the model or its initial state produces "
+                                      "NaN/inf (check the state file with torch.isfinite)")
+        return value
+
+    # -- loglikelihood ---------------------------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress)
+
+    @torch.inference_mode()
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        toks = [(list(ctx), list(cont)) for _, ctx, cont in requests]
+        for i, (ctx, cont) in enumerate(toks):
+            if not ctx or not cont:
+                raise ValueError(f"request {i} ({requests[i][0]!r}) has an empty context or continuation")
+        with tqdm(total=len(requests), desc="rl_statetune loglikelihood", disable=disable_tqdm or not self.progress,
+                  leave=False) as bar:
+            if self.prefix_cache:
+                self._score_shared(toks, out, bar)
+            else:
+                self._score_plain(toks, out, bar)
+        for (key, _, _), res in zip(requests, out):
+            self.cache_hook.add_partial("loglikelihood", key, res)
+        return out  # type: ignore[return-value]
+
+    def _score_plain(self, toks, out, bar) -> None:
+        """Each request alone: ``context + continuation[:-1]`` from the initial state (no sharing)."""
+        order = sorted(range(len(toks)), key=lambda i: -(len(toks[i][0]) + len(toks[i][1])))
+        for s in range(0, len(order), self.batch_size):
+            rows = order[s:s + self.batch_size]
+            idx, lengths = pad_right([toks[i][0] + toks[i][1][:-1] for i in rows], 0, self._device)
+            x, _, is_h = self._hidden(idx, self._start_state(len(rows)), lengths)
+            for b, i in enumerate(rows):
+                ctx, cont = toks[i]
+                lp = self._logprobs(x[b, len(ctx) - 1:len(ctx) - 1 + len(cont)], is_h)
+                out[i] = self._pack(lp, cont, i)
+            bar.update(len(rows))
+
+    def _pack(self, lp: torch.Tensor, cont: list[int], i: int) -> tuple[float, bool]:
+        tgt = torch.as_tensor(cont, device=lp.device)
+        value = float(lp.gather(-1, tgt[:, None]).double().sum())
+        return self._finite(value, f"request {i}"), bool((lp.argmax(-1) == tgt).all())
+
+    def _score_shared(self, toks, out, bar) -> None:
+        by_ctx: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, _) in enumerate(toks):
+            by_ctx.setdefault(tuple(ctx), []).append(i)
+        contexts = sorted(by_ctx)  # lexicographic: neighbours share the longest prefixes
+        cached: tuple[tuple[int, ...], Any] | None = None  # (prefix tokens, state after them, batch 1)
+        for s in range(0, len(contexts), self.batch_size):
+            group = contexts[s:s + self.batch_size]
+            # the longest prefix shared by the whole (sorted) group, leaving >= 1 token of each context to run
+            p = min(_common_prefix(group[0], group[-1]), min(len(c) for c in group) - 1)
+            if p >= self.min_shared_prefix:
+                prefix = group[0][:p]
+                if cached is None or cached[0] != prefix:
+                    idx, lengths = pad_right([list(prefix)], 0, self._device)
+                    _, st, _ = self._hidden(idx, self._start_state(1), lengths)
+                    cached = (prefix, st)
+                start = cached[1].select([0] * len(group))
+            else:
+                p, start = 0, self._start_state(len(group))
+            idx, lengths = pad_right([list(c[p:]) for c in group], 0, self._device)
+            x, state, is_h = self._hidden(idx, start, lengths)
+            last = self._logprobs(x[torch.arange(len(group), device=x.device), lengths.to(x.device) - 1], is_h)
+            rest: list[tuple[int, int]] = []  # (request, row) with more than one continuation token
+            for row, ctx in enumerate(group):
+                for i in by_ctx[ctx]:
+                    cont = toks[i][1]
+                    first = float(last[row, cont[0]])
+                    out[i] = (first, int(last[row].argmax()) == cont[0])
+                    if len(cont) > 1:
+                        rest.append((i, row))
+                    else:
+                        self._finite(first, f"request {i}")
+                        bar.update(1)
+            rest.sort(key=lambda r: -len(toks[r[0]][1]))
+            for r0 in range(0, len(rest), self.batch_size):
+                sub = rest[r0:r0 + self.batch_size]
+                conts = [toks[i][1] for i, _ in sub]
+                idx, lengths = pad_right([c[:-1] for c in conts], 0, self._device)
+                xs, _, is_h = self._hidden(idx, state.select([row for _, row in sub]), lengths)
+                for b, (i, _) in enumerate(sub):
+                    cont = conts[b]
+                    lp = self._logprobs(xs[b, :len(cont) - 1], is_h)
+                    tail, greedy = self._pack(lp, cont[1:], i)
+                    first, first_greedy = out[i]
+                    out[i] = (self._finite(first + tail, f"request {i}"), first_greedy and greedy)
+                bar.update(len(sub))
+
+    # -- loglikelihood_rolling -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Whole-string log-likelihood after the end-of-text token; RWKV has no context window, so no windows."""
+        seqs = [[self.eot_token_id] + self.tok_encode(req.args[0]) for req in requests]
+        out = [0.0] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        for s in tqdm(range(0, len(order), self.batch_size), disable=disable_tqdm or not self.progress, leave=False,
+                      desc="rl_statetune loglikelihood_rolling"):
+            rows = order[s:s + self.batch_size]
+            idx, lengths = pad_right([seqs[i][:-1] if len(seqs[i]) > 1 else seqs[i] for i in rows], 0, self._device)
+            x, _, is_h = self._hidden(idx, self._start_state(len(rows)), lengths)
+            for b, i in enumerate(rows):
+                tgt = seqs[i][1:]
+                if not tgt:
+                    continue
+                total = 0.0
+                for c in range(0, len(tgt), 1024):  # bounded [chunk, vocab] logits
+                    lp = self._logprobs(x[b, c:c + 1024][: len(tgt) - c], is_h)
+                    total += self._pack(lp, tgt[c:c + 1024], i)[0]
+                out[i] = total
+                self.cache_hook.add_partial("loglikelihood_rolling", (requests[i].args[0],), total)
+        return out
+
+    # -- generate_until --------------------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy (or sampled, with ``do_sample``) decoding until a stop string, via ``rl_statetune.generation``."""
+        from rl_statetune.generation import generate
+
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            context, kw = req.args
+            kw = dict(kw or {})
+            until = kw.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_toks = int(kw.pop("max_gen_toks", self.max_gen_toks))
+            do_sample = bool(kw.pop("do_sample", False))
+            temperature = float(kw.pop("temperature", 0.0)) if do_sample else 0.0
+            top_p = float(kw.pop("top_p", 1.0) or 1.0)
+            groups.setdefault((tuple(until), max_toks, temperature, top_p), []).append(i)
+        out = [""] * len(requests)
+        for (until, max_toks, temperature, top_p), rows in groups.items():
+            texts = generate(self.model, self.tokenizer, [requests[i].args[0] for i in rows], max_toks,
+                             init_state=self.init_state_fn, stop=until, temperature=temperature, top_p=top_p,
+                             batch_size=self.batch_size, progress=self.progress and not disable_tqdm, desc="rl_statetune generate")
+            for i, text in zip(rows, texts):
+                out[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        return out

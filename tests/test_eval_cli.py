@@ -1,0 +1,149 @@
+"""``rl-statetune eval`` over lm-eval: bad input ends in one line naming file/line/key and exit 2 (issue 16), each
+finished task is on disk before a later one fails, and the report's numbers are lm-eval's own (RWKV and hf)."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[eval]')")
+
+from rl_statetune.eval import cli  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RL_STATETUNE_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
+need_data = pytest.mark.skipif(not (DATA / "benchmarks").is_dir(),
+                               reason=f"real benchmark files not found at {DATA}/benchmarks "
+                                      "(set RL_STATETUNE_SHARED_DATA to the shared data root)")
+
+ARC = {"id": "x", "question": "Which is a metal?", "choices": {"text": ["wood", "iron"], "label": ["A", "B"]},
+       "answerKey": "B"}
+GSM = {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def write(root: Path, benchmark: str, split: str, lines: list) -> Path:
+    p = root / "benchmarks" / benchmark / f"{split}.jsonl"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return p
+
+
+def small_data(root: Path) -> Path:
+    for split in ("train", "validation", "test"):
+        write(root, "arc_challenge", split, [ARC, ARC])
+    for split in ("train", "test"):
+        write(root, "gsm8k", split, [GSM] * 6)
+    write(root, "winogrande", "validation",
+          [{"qID": "q", "sentence": "The cup is in the box because _ is small.", "option1": "cup", "option2": "box",
+            "answer": "1"}] * 2)
+    return root
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return e.value.code, err
+
+
+@pytest.mark.parametrize("bench,split,lines,expect", [
+    ("gsm8k", "test", [GSM, {"question": "q"}], r"gsm8k/test.jsonl:2: row has no 'answer'"),
+    ("arc_challenge", "test", [ARC, {k: v for k, v in ARC.items() if k != "answerKey"}],
+     r"arc_challenge/test.jsonl:2: row has no 'answerKey'"),
+    ("arc_challenge", "test", [{**ARC, "answerKey": "E"}], r"test.jsonl:1: answerKey 'E' is not one of the labels"),
+    ("arc_challenge", "validation", [], r"validation.jsonl holds no rows"),
+    ("gsm8k", "train", [GSM, '{"question": "q", "answer": '], r"gsm8k/train.jsonl:2: not valid JSON"),
+])
+def test_bad_rows_end_in_one_line_naming_file_and_line(tmp_path, capsys, bench, split, lines, expect):
+    root = small_data(tmp_path / "data")
+    write(root, bench, split, lines)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "--model", "embedded", "--tasks", "arc_challenge,gsm8k", "--data-dir", str(root),
+                        "--out", str(out), "--no-progress")
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("rl-statetune eval: error: ") and __import__("re").search(expect, err[0]), err[0]
+    assert "Traceback" not in err[0] and not out.exists()  # validated before any scoring
+
+
+def test_unknown_task_and_missing_files(tmp_path, capsys):
+    code, err = run_cli(capsys, "--model", "embedded", "--tasks", "arc_challenge,hellaswag", "--out", str(tmp_path))
+    assert code == 2 and err == ["rl-statetune eval: error: unknown eval task 'hellaswag' in --tasks; choose from "
+                                 "arc_challenge, mmlu, winogrande, gsm8k"]
+    code, err = run_cli(capsys, "--model", "embedded", "--tasks", "mmlu", "--data-dir", str(tmp_path / "none"),
+                        "--out", str(tmp_path))
+    assert code == 2 and len(err) == 1 and "none/benchmarks/mmlu/dev.jsonl: no mmlu dev file" in err[0]
+
+
+def test_nan_state_is_one_line_exit_2(tmp_path, capsys):
+    from rl_statetune.checkpoint import load_model
+    from rl_statetune.state import state_to_dict
+
+    shape = load_model("embedded").config.state_shape()
+    torch.save(state_to_dict(torch.full(shape, float("nan"))), tmp_path / "nan.pth")  # save_state refuses NaN
+    code, err = run_cli(capsys, "--model", "embedded", "--state", str(tmp_path / "nan.pth"), "--tasks",
+                        "arc_challenge", "--data-dir", str(small_data(tmp_path / "data")), "--out", str(tmp_path / "o"))
+    assert code == 2 and len(err) == 1 and "nan.pth: 'blocks.0.att.time_state' holds NaN" in err[0], err
+
+
+def test_each_finished_task_is_written_before_a_later_failure(tmp_path, monkeypatch):
+    real, calls = cli.run_task, []
+
+    def flaky(lm, task, args, tm):
+        calls.append(task)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(lm, task, args, tm)
+
+    monkeypatch.setattr(cli, "run_task", flaky)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="killed"):
+        cli.main(["--model", "embedded", "--tasks", "arc_challenge,winogrande", "--data-dir",
+                  str(small_data(tmp_path / "data")), "--out", str(out), "--no-progress"])
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["results"]["base"]) == ["arc_challenge"] and report["results"]["base"]["arc_challenge"]["n"] == 2
+    assert (out / "samples" / "base" / "arc_challenge.jsonl").read_text().count("\n") == 2
+
+
+def _lm_eval_direct(model, model_args, task, limit):
+    import lm_eval
+
+    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[cli.Path(cli.TASKS[task].yaml).stem],
+                                   limit=limit, task_manager=cli.task_manager(), verbosity="ERROR",
+                                   fewshot_random_seed=1234)
+
+
+@need_data
+def test_report_numbers_are_lm_evals_own_for_rwkv_with_state_and_an_hf_guide(tmp_path, monkeypatch, smollm2_dir):
+    """The table the CLI prints = lm_eval.simple_evaluate(model="rl_statetune"/"hf") on the same local data."""
+    from rl_statetune.state import save_state
+    from rl_statetune.checkpoint import load_model
+
+    monkeypatch.setenv("RL_STATETUNE_SHARED_DATA", str(DATA))
+    shape = load_model("embedded").config.state_shape()
+    state = tmp_path / "tuned.pth"
+    save_state(state, 0.3 * torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+    out = tmp_path / "out"
+    assert cli.main(["--model", "embedded", "--state", str(state), "--model", f"hf:{smollm2_dir}", "--tasks",
+                     "arc_challenge", "--limit", "4", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "results.json").read_text())["results"]
+    direct = {"tuned": _lm_eval_direct("rl_statetune", f"pretrained=embedded,state={state}", "arc_challenge", 4),
+              f"hf:{Path(smollm2_dir).name}": _lm_eval_direct(
+                  "hf", f"pretrained={smollm2_dir},dtype=float32,device=cpu", "arc_challenge", 4)}
+    assert set(report) == set(direct)
+    for name, res in direct.items():
+        want = res["results"]["arc_challenge"]
+        got = report[name]["arc_challenge"]
+        assert got["n"] == 4
+        assert (got["acc"], got["acc_norm"]) == (want["acc,none"], want["acc_norm,none"]), name
+        assert got["acc_stderr"] == pytest.approx(want["acc_stderr,none"])
+    md = (out / "results.md").read_text()
+    assert "tuned" in md and "hf:" in md  # one comparison table
