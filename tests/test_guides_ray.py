@@ -71,7 +71,10 @@ def test_spawn_uses_config_resources(cfg: GuideConfig, monkeypatch: pytest.Monke
     ray = _fake_ray()
     monkeypatch.setitem(sys.modules, "ray", ray)
     handle = spawn_guide_actor(cfg, namespace="guides")
-    assert ray.spawned == [{"num_cpus": 0.5, "num_gpus": 0.0, "name": "ref-guide", "namespace": "guides"}]
+    assert ray.spawned == [{"num_cpus": 0.5, "num_gpus": 0.0, "name": "ref-guide", "namespace": "guides",
+                            "max_restarts": 0, "max_task_retries": 0}]
+    spawn_guide_actor(cfg, max_restarts=3)
+    assert ray.spawned[-1]["max_restarts"] == 3 and ray.spawned[-1]["max_task_retries"] == 3
     guide = RemoteGuide(handle)
     assert guide.supports_scoring and guide.generate(["q1"]) == ["because 1"]
     guide.close()
