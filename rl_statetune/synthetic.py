@@ -105,10 +105,12 @@ def detect_format(text: str) -> str | None:
 # Problems with 2-4 operations on two-digit counts. A document's solution is either *direct* (" The answer is 40.")
 # or *reasoning* (" 23 + 14 = 37. 37 - 9 = 28. 28 + 12 = 40. The answer is 40."), both on one line and ending in the
 # "sentence" format. A share of the documents name the mode in a header line (``Mode: reason``); documents without
-# a header are always direct. So the frozen model, prompted with no header, answers at once (and, computing several
-# operations in its head, is often wrong); with the reasoning header it works step by step (and is right). A tuned
-# initial state that switches reasoning on with no header is state-based test-time scaling: more generated tokens,
-# higher accuracy, the weights untouched.
+# a header are always direct. So the frozen model, prompted with no header, answers at once; with the reasoning
+# header it works step by step. The aim (GitHub issue 12): direct weak, reasoning strong, and a tuned initial state
+# that switches reasoning on with no header (state-based test-time scaling: more generated tokens, higher accuracy,
+# the weights untouched). Caveat found on the first model: every operation sits next to its number in the question,
+# so a recurrent model can keep the running total in its state while it reads, and the direct mode learns about as
+# fast as the step-by-step one (see the README); a task where the work cannot be done while reading is the fix.
 
 MODES = ("direct", "reason")
 REASON_MAX_TOTAL = 99
