@@ -1,6 +1,8 @@
 """Pretrain the small embedded RWKV-7 on the synthetic word-problem corpus (reproducible; CPU, ~20-40 min).
 
     python scripts/pretrain_embedded.py --out rl_statetune/assets/arith-rwkv7-L6-C64.pth
+    python scripts/pretrain_embedded.py --out rl_statetune/assets/reason-rwkv7-L6-C128.pth --corpus reasoning \
+        --width 128 --steps 1000 --docs 64000 --lr 3e-3 --threads 1      # the reasoning task (embedded:reason)
 
 The result is a BlinkDL-format bf16 checkpoint (< 20 MB: the 65536-token world vocabulary dominates) that the
 quickstart tunes. Every document starts from the zero state, as prompts do at inference. The corpus uses ~150
