@@ -25,6 +25,9 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     task: Literal["synthetic", "jsonl"] = "synthetic"
+    # synthetic task: "answer_format" (easy problems; teach target_format) or "reasoning" (harder problems; teach
+    # step-by-step solutions with no mode header; scored by the final number, so target_format must be "sentence")
+    corpus: Literal["answer_format", "reasoning"] = "answer_format"
     target_format: Literal["answer", "hash", "sentence"] = "hash"   # synthetic task: the format to teach
     path: str | None = None                    # jsonl task: rows {"prompt": ..., "target": ...}
     train_size: int = Field(512, gt=0)
@@ -35,6 +38,9 @@ class DataConfig(Section):
     def _path_for_jsonl(self):
         if self.task == "jsonl" and not self.path:
             raise ValueError("data.path is required when data.task is 'jsonl'")
+        if self.corpus == "reasoning" and self.target_format != "sentence":
+            raise ValueError("data.corpus 'reasoning' ends every solution in 'The answer is N.': "
+                             "set data.target_format: sentence")
         return self
 
 

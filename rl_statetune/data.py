@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from rl_statetune.config import DataConfig
-from rl_statetune.synthetic import problems
+from rl_statetune.synthetic import problems, reasoning_problems
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,18 @@ class Batch:
 def load_examples(cfg: DataConfig) -> tuple[list[Example], list[Example]]:
     """(train, held-out) examples for the configured task."""
     if cfg.task == "synthetic":
-        def to_ex(p):
-            return Example(p.prompt(), p.solution(cfg.target_format), str(p.answer))
-        train = [to_ex(p) for p in problems(cfg.train_size, cfg.seed)]
-        held = [to_ex(p) for p in problems(cfg.eval_size, cfg.seed + 1)]
+        if cfg.corpus == "reasoning":  # no header in the prompt; the target reasons step by step
+            make = reasoning_problems
+
+            def to_ex(p):
+                return Example(p.prompt(), p.solution("reason"), str(p.answer))
+        else:
+            make = problems
+
+            def to_ex(p):
+                return Example(p.prompt(), p.solution(cfg.target_format), str(p.answer))
+        train = [to_ex(p) for p in make(cfg.train_size, cfg.seed)]
+        held = [to_ex(p) for p in make(cfg.eval_size, cfg.seed + 1)]
         seen = {e.prompt for e in train}
         return train, [e for e in held if e.prompt not in seen]
     rows = [json.loads(line) for line in Path(cfg.path).read_text().splitlines() if line.strip()]

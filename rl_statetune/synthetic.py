@@ -98,3 +98,101 @@ def detect_format(text: str) -> str | None:
         if re.search(pattern, line):
             return name
     return None
+
+
+# --- the reasoning task: harder problems, answered directly or step by step --------------------------------------
+#
+# Problems with 2-4 operations on two-digit counts. A document's solution is either *direct* (" The answer is 40.")
+# or *reasoning* (" 23 + 14 = 37. 37 - 9 = 28. 28 + 12 = 40. The answer is 40."), both on one line and ending in the
+# "sentence" format. A share of the documents name the mode in a header line (``Mode: reason``); documents without
+# a header are always direct. So the frozen model, prompted with no header, answers at once; with the reasoning
+# header it works step by step. The aim (GitHub issue 12): direct weak, reasoning strong, and a tuned initial state
+# that switches reasoning on with no header (state-based test-time scaling: more generated tokens, higher accuracy,
+# the weights untouched). Caveat found on the first model: every operation sits next to its number in the question,
+# so a recurrent model can keep the running total in its state while it reads, and the direct mode learns about as
+# fast as the step-by-step one (see the README); a task where the work cannot be done while reading is the fix.
+
+MODES = ("direct", "reason")
+REASON_MAX_TOTAL = 99
+
+
+@dataclass(frozen=True)
+class ReasoningProblem:
+    question: str
+    steps: tuple[str, ...]
+    answer: int
+
+    def prompt(self, mode: str | None = None) -> str:
+        """``mode`` None: no header (the model's default, direct); "direct"/"reason": that header first."""
+        return (mode_header(mode) if mode else "") + f"Q: {self.question}\nA:"
+
+    def solution(self, mode: str = "reason") -> str:
+        """The text after the prompt, one line: the steps (reason mode only), then 'The answer is N.'."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        steps = " ".join(self.steps) + " " if mode == "reason" else ""
+        return " " + steps + FORMATS["sentence"][0].format(a=self.answer) + "\n"
+
+
+def mode_header(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return f"Mode: {mode}\n"
+
+
+def make_reasoning_problem(rng: random.Random) -> ReasoningProblem:
+    """2-4 operations; the start is 10-50, each change 2-25, every running total stays in 1..99."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    start = rng.randint(10, 50)
+    parts, steps, total = [f"{name} has {start} {item}"], [], start
+    for _ in range(rng.choice([2, 3, 3, 4])):
+        can_lose, can_gain = total > 3, total <= REASON_MAX_TOTAL - 2
+        if can_lose and (not can_gain or rng.random() < 0.5):
+            n = rng.randint(2, min(25, total - 1))
+            parts.append(rng.choice(LOSSES).format(n=n))
+            steps.append(f"{total} - {n} = {total - n}.")
+            total -= n
+        else:
+            n = rng.randint(2, min(25, REASON_MAX_TOTAL - total))
+            parts.append(rng.choice(GAINS).format(n=n))
+            steps.append(f"{total} + {n} = {total + n}.")
+            total += n
+    question = f"{parts[0]}, then {', then '.join(parts[1:])}. How many {item} does {name} have?"
+    return ReasoningProblem(question, tuple(steps), total)
+
+
+def reasoning_problems(n: int, seed: int) -> list[ReasoningProblem]:
+    rng = random.Random(seed)
+    return [make_reasoning_problem(rng) for _ in range(n)]
+
+
+def reasoning_documents(n: int, seed: int, header_rate: float = 0.6, reason_rate: float = 0.8) -> list[str]:
+    """Pretraining documents for the reasoning task. A ``header_rate`` share have a mode header, and of those a
+    ``reason_rate`` share reason step by step (the rest answer directly); documents without a header are direct."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        p = make_reasoning_problem(rng)
+        header = rng.random() < header_rate
+        mode = ("reason" if rng.random() < reason_rate else "direct") if header else "direct"
+        docs.append(p.prompt(mode if header else None) + p.solution(mode))
+    return docs
+
+
+def is_reasoning(text: str) -> bool:
+    """True when the first line of a completion works step by step (at least one 'a + b = c.' before the answer)."""
+    line = text.strip().split("\n")[0]
+    return re.search(r"\d+ [+-] \d+ = -?\d+\.", line) is not None
+
+
+def score_answers(outputs: list[str], answers: list[int], fmt: str = "sentence") -> float:
+    """Share of completions whose first line ends in ``fmt`` with the right number (the held-out rule)."""
+    if not outputs:
+        return float("nan")
+    return sum(extract_answer(o, fmt) == a for o, a in zip(outputs, answers)) / len(outputs)
+
+
+def generated_tokens(tokenizer, outputs: list[str]) -> int:
+    """Tokens generated for completions cut at their first newline: the line's tokens plus the newline that
+    stopped decoding (test-time compute, counted by re-encoding the text)."""
+    return sum(len(tokenizer.encode(o.split("\n")[0])) + 1 for o in outputs)

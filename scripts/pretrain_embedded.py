@@ -1,6 +1,8 @@
 """Pretrain the small embedded RWKV-7 on the synthetic word-problem corpus (reproducible; CPU, ~20-40 min).
 
     python scripts/pretrain_embedded.py --out rl_statetune/assets/arith-rwkv7-L6-C64.pth
+    python scripts/pretrain_embedded.py --out rl_statetune/assets/reason-rwkv7-L6-C128.pth --corpus reasoning \
+        --width 128 --steps 1000 --docs 64000 --lr 3e-3 --threads 1      # the reasoning task (embedded:reason)
 
 The result is a BlinkDL-format bf16 checkpoint (< 20 MB: the 65536-token world vocabulary dominates) that the
 quickstart tunes. Every document starts from the zero state, as prompts do at inference. The corpus uses ~150
@@ -21,15 +23,24 @@ import torch.nn.functional as F
 from rl_statetune.checkpoint import save_blinkdl
 from rl_statetune.init import init_rwkv7
 from rl_statetune.model import RWKV7Config
-from rl_statetune.synthetic import corpus_documents
+from rl_statetune.synthetic import corpus_documents, reasoning_documents
 from rl_statetune.tokenizer import WorldTokenizer
 
 EMBEDDED_CONFIG = RWKV7Config(vocab_size=65536, n_embd=64, n_layer=6, head_size=32,
                               dim_w=16, dim_a=16, dim_v=8, dim_g=32, dim_ffn=256)
+CORPORA = {"answer_format": corpus_documents, "reasoning": reasoning_documents}
 
 
-def batches(tok: WorldTokenizer, n_docs: int, batch: int, seed: int):
-    docs = [tok.encode(d) for d in corpus_documents(n_docs, seed)]
+def model_config(width: int, layers: int) -> RWKV7Config:
+    """The embedded shape at another width (64: EMBEDDED_CONFIG); heads of 32."""
+    if width == 64 and layers == 6:
+        return EMBEDDED_CONFIG
+    return RWKV7Config(vocab_size=65536, n_embd=width, n_layer=layers, head_size=32, dim_w=width // 4,
+                       dim_a=width // 4, dim_v=width // 8, dim_g=width // 2, dim_ffn=4 * width)
+
+
+def batches(tok: WorldTokenizer, n_docs: int, batch: int, seed: int, corpus: str = "answer_format"):
+    docs = [tok.encode(d) for d in CORPORA[corpus](n_docs, seed)]
     g = torch.Generator().manual_seed(seed)
     while True:
         for i in torch.randperm(len(docs), generator=g).split(batch):
@@ -59,18 +70,26 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--negatives", type=int, default=2048, help="sampled unused ids per step")
+    ap.add_argument("--corpus", choices=sorted(CORPORA), default="answer_format",
+                    help="answer_format: the original quickstart corpus; reasoning: synthetic.reasoning_documents")
+    ap.add_argument("--width", type=int, default=64, help="n_embd (heads of 32)")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.pth every N steps (0: never)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tok = WorldTokenizer()
-    model = init_rwkv7(EMBEDDED_CONFIG, seed=args.seed)
+    model = init_rwkv7(model_config(args.width, args.layers), seed=args.seed)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "emb" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
-    used = sorted({t for d in corpus_documents(2000, args.seed + 1) for t in tok.encode(d)})
-    data = batches(tok, args.docs, args.batch, args.seed)
+    used = sorted({t for d in CORPORA[args.corpus](2000, args.seed + 1) for t in tok.encode(d)})
+    data = batches(tok, args.docs, args.batch, args.seed, args.corpus)
     t0, seen = time.time(), 0
     for step in range(1, args.steps + 1):
         lr = args.lr * min(1.0, step / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
@@ -87,6 +106,8 @@ def main() -> None:
         if step % 25 == 0 or step == 1:
             el = time.time() - t0
             print(f"step {step:5d}  loss {loss.item():.4f}  lr {lr:.2e}  tok/s {seen / el:,.0f}  {el:,.0f}s", flush=True)
+        if args.save_every and step % args.save_every == 0 and step < args.steps:
+            save_blinkdl(model, f"{args.out}.step{step}.pth", dtype=torch.bfloat16)
     save_blinkdl(model, args.out, dtype=torch.bfloat16)
     print(f"saved {args.out}")
 

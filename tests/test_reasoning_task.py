@@ -1,0 +1,141 @@
+"""The reasoning task: harder problems answered directly (the default) or step by step (with a mode header), its
+data wiring (``data.corpus: reasoning``) and the embedded model pretrained on it (``embedded:reason``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rl_statetune import synthetic as syn
+from rl_statetune.config import ConfigError, parse_config
+from rl_statetune.data import load_examples
+from rl_statetune.paths import EMBEDDED_MODEL, EMBEDDED_MODELS, resolve_model_path
+
+QUICK_STEPS, QUICK_EVAL = 20, 32
+STEP = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")
+
+
+def test_reasoning_problems_are_harder_and_their_steps_are_right():
+    probs = syn.reasoning_problems(500, seed=3)
+    n_ops = [len(p.steps) for p in probs]
+    assert min(n_ops) == 2 and max(n_ops) == 4
+    for p in probs:
+        start = int(re.search(r"has (\d+) ", p.question).group(1))
+        assert 10 <= start <= 50
+        total = start
+        for s in p.steps:
+            a, op, b, c = STEP.fullmatch(s).groups()
+            assert int(a) == total and 2 <= int(b) <= 25
+            total = int(a) + int(b) if op == "+" else int(a) - int(b)
+            assert int(c) == total and 1 <= total <= syn.REASON_MAX_TOTAL
+            assert f" {b}" in p.question
+        assert total == p.answer
+    # most answers are two-digit: no shortcut through one-digit counts
+    assert sum(p.answer >= 10 for p in probs) / len(probs) > 0.7
+    assert syn.reasoning_problems(20, seed=3) == probs[:20] and syn.reasoning_problems(20, seed=4) != probs[:20]
+
+
+def test_both_solutions_are_one_line_and_score_by_the_final_number():
+    p = syn.reasoning_problems(1, seed=0)[0]
+    direct, reason = p.solution("direct"), p.solution("reason")
+    assert direct == f" The answer is {p.answer}.\n"
+    assert reason.startswith(" " + p.steps[0]) and reason.endswith(f" The answer is {p.answer}.\n")
+    assert reason.count("\n") == direct.count("\n") == 1
+    for sol in (direct, reason):
+        assert syn.extract_answer(sol, "sentence") == p.answer
+    assert syn.is_reasoning(reason) and not syn.is_reasoning(direct)
+    assert syn.score_answers([reason, direct, " The answer is 1000."], [p.answer] * 3) == pytest.approx(2 / 3)
+    assert p.prompt() == f"Q: {p.question}\nA:" and p.prompt("reason") == "Mode: reason\n" + p.prompt()
+    with pytest.raises(ValueError):
+        p.solution("think")
+
+
+def test_corpus_headers_and_modes():
+    docs = syn.reasoning_documents(4000, seed=1, header_rate=0.6, reason_rate=0.8)
+    headed = [d for d in docs if d.startswith("Mode: ")]
+    reasoned = [d for d in docs if syn.is_reasoning(d.split("\nA:")[1])]
+    assert abs(len(headed) / len(docs) - 0.6) < 0.03
+    assert abs(len(reasoned) / len(headed) - 0.8) < 0.03
+    for d in docs:
+        head, _, sol = d.partition("\nA:")
+        assert sol.endswith(".\n") and sol.count("\n") == 1
+        if d.startswith("Mode: reason\n"):
+            assert syn.is_reasoning(sol)
+        else:  # "Mode: direct" or no header at all: the answer at once
+            assert re.fullmatch(r" The answer is \d+\.\n", sol), d
+    assert syn.reasoning_documents(50, seed=1) == syn.reasoning_documents(50, seed=1)
+
+
+def test_old_corpus_is_unchanged():
+    # the embedded answer-format model and its quickstart were made from exactly these documents
+    docs = syn.corpus_documents(3, seed=0)
+    assert all(re.search(r"(Answer: \d+|#### \d+|The answer is \d+\.)\n$", d) for d in docs)
+    assert not any(d.startswith("Mode:") for d in syn.corpus_documents(200, seed=0))
+
+
+def test_data_corpus_reasoning_trains_on_steps_with_no_header():
+    cfg = parse_config({"data": {"corpus": "reasoning", "target_format": "sentence", "train_size": 64,
+                                 "eval_size": 32}}).data
+    train, held = load_examples(cfg)
+    assert len(train) == 64 and 30 <= len(held) <= 32
+    assert not {e.prompt for e in train} & {e.prompt for e in held}
+    for e in train + held:
+        assert e.prompt.startswith("Q: ") and "Mode:" not in e.prompt
+        assert syn.is_reasoning(e.target) and syn.extract_answer(e.target, "sentence") == int(e.answer)
+    old, _ = load_examples(parse_config({"data": {"train_size": 8, "eval_size": 8}}).data)
+    assert old[0].target.rstrip().endswith(tuple(f"#### {e.answer}" for e in old[:1]))
+
+
+def test_reasoning_corpus_needs_the_sentence_format():
+    with pytest.raises(ConfigError, match="target_format: sentence"):
+        parse_config({"data": {"corpus": "reasoning", "target_format": "hash"}})
+
+
+needs_reason_model = pytest.mark.skipif(
+    not EMBEDDED_MODELS["reason"].exists(),
+    reason=f"{EMBEDDED_MODELS['reason'].name} is not built (scripts/pretrain_embedded.py --corpus reasoning)")
+
+
+def test_embedded_names():
+    assert resolve_model_path("embedded") == EMBEDDED_MODEL == EMBEDDED_MODELS["arith"]
+    assert resolve_model_path("embedded:arith") == EMBEDDED_MODEL
+    with pytest.raises(FileNotFoundError, match="bundled: arith, reason"):
+        resolve_model_path("embedded:nope")
+    if EMBEDDED_MODELS["reason"].exists():
+        assert resolve_model_path("embedded:reason") == EMBEDDED_MODELS["reason"]
+        assert EMBEDDED_MODELS["reason"].stat().st_size <= 40 * 2**20
+    else:
+        with pytest.raises(FileNotFoundError, match="missing from this installation"):
+            resolve_model_path("embedded:reason")
+
+
+REASONING = Path(__file__).resolve().parents[1] / "configs" / "reasoning.yaml"
+
+
+@pytest.mark.slow
+@needs_reason_model
+def test_tuned_state_switches_reasoning_on(tmp_path):
+    """The issue's acceptance check on configs/reasoning.yaml, shortened: with no header the frozen embedded:reason
+    model answers directly and is mostly wrong; a few steps of state tuning on step-by-step solutions make it
+    reason, and be right. The first model (README) does not pass it yet."""
+    import torch
+
+    from rl_statetune.config import load_config
+    from rl_statetune.generation import generate
+    from rl_statetune.state import initial_state_fn, load_state
+    from rl_statetune.tokenizer import WorldTokenizer
+    from rl_statetune.trainer import start_run, tune
+
+    torch.set_num_threads(1)
+    cfg = load_config(REASONING, overrides=[f"train.out_dir={tmp_path}", f"train.steps={QUICK_STEPS}",
+                                             f"data.eval_size={QUICK_EVAL}"])
+    res = tune(cfg, progress=False)
+    assert res.acc_before <= 0.5, res
+    assert res.acc_after >= 0.8 and res.acc_after >= res.acc_before + 0.4, res
+    _, model, tok, _, held = start_run(cfg)
+    state = load_state(tmp_path / "state.pth").to_module(model.config)
+    outs = generate(model, WorldTokenizer(), [e.prompt for e in held[:16]], 48,
+                    init_state=initial_state_fn(model, state))
+    assert sum(map(syn.is_reasoning, outs)) >= 14, outs  # it got there by working step by step
