@@ -22,9 +22,10 @@ from rl_statetune.checkpoint import load_model
 from rl_statetune.config import load_config
 from rl_statetune.data import load_examples
 from rl_statetune.generation import generate
-from rl_statetune.state import initial_state_fn, load_state
+from rl_statetune.state import initial_state_fn
 from rl_statetune.synthetic import generated_tokens, is_reasoning, mode_header, score_answers
 from rl_statetune.tokenizer import WorldTokenizer
+from rl_statetune.upscale import load_tunable
 
 
 def step_accuracy(outputs: list[str]) -> float | None:
@@ -61,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
     model = load_model(args.model or cfg.model.path, cfg.model.dtype, backend=cfg.model.wkv_backend)
-    tunable = load_state(args.state).to_module(model.config) if args.state else None
+    tunable = load_tunable(args.state, model.config) if args.state else None
     _, held = load_examples(cfg.data)
     held = held[: args.limit]
     res = measure(model, WorldTokenizer(), held, tunable, args.mode,

@@ -124,9 +124,11 @@ def test_tuned_state_switches_reasoning_on(tmp_path):
 
     from rl_statetune.config import load_config
     from rl_statetune.generation import generate
-    from rl_statetune.state import initial_state_fn, load_state
+    from rl_statetune.run.setup import start_run
+    from rl_statetune.state import initial_state_fn
     from rl_statetune.tokenizer import WorldTokenizer
-    from rl_statetune.trainer import start_run, tune
+    from rl_statetune.trainer import tune
+    from rl_statetune.upscale import load_tunable
 
     torch.set_num_threads(1)
     cfg = load_config(REASONING, overrides=[f"train.out_dir={tmp_path}", f"train.steps={QUICK_STEPS}",
@@ -134,8 +136,8 @@ def test_tuned_state_switches_reasoning_on(tmp_path):
     res = tune(cfg, progress=False)
     assert res.acc_before <= 0.5, res
     assert res.acc_after >= 0.8 and res.acc_after >= res.acc_before + 0.4, res
-    _, model, tok, _, held = start_run(cfg)
-    state = load_state(tmp_path / "state.pth").to_module(model.config)
+    model, tok, _, held = start_run(cfg)
+    state = load_tunable(tmp_path / "state.pth", model.config)
     outs = generate(model, WorldTokenizer(), [e.prompt for e in held[:16]], 48,
                     init_state=initial_state_fn(model, state))
     assert sum(map(syn.is_reasoning, outs)) >= 14, outs  # it got there by working step by step
