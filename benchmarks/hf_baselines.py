@@ -7,6 +7,8 @@ through the same wrapper (RWKV7ForCausalLM) and TRL trainers:
   lora-matched    PEFT LoRA on the attention projections at about the state's parameter count
   lora-usual      PEFT LoRA r=8 on every attention and channel-mix projection (the usual recipe)
   grpo            TRL GRPOTrainer on the plain state, answer-correctness reward (no guide, no targets)
+  guided-rl       the project's guided single-step alignment RL on the plain state (rl_statetune.rl, one
+                  process): the task's own rationales as the guide, token-match reward, 8 samples per position
 
     OMP_NUM_THREADS=1 python benchmarks/hf_baselines.py --config configs/quickstart.yaml --seeds 0 1 2
     [--methods state lora-matched ...] [--set train.steps=30] [--json out.json]
@@ -29,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-METHODS = ("state", "upscaled", "upscaled+dbp", "lora-matched", "lora-usual", "grpo")
+METHODS = ("state", "upscaled", "upscaled+dbp", "lora-matched", "lora-usual", "grpo", "guided-rl")
 
 
 def matched_lora_rank(cfg) -> int:
@@ -39,10 +41,29 @@ def matched_lora_rank(cfg) -> int:
     return max(1, round(state / per_rank))
 
 
+def _state_values(cfg) -> int:
+    from rl_statetune.checkpoint import load_model
+
+    L, H, N, _ = load_model(cfg.model.path).config.state_shape()
+    return L * H * N * N
+
+
 def run(method: str, cfg, out: str, lora_lr: float, generations: int) -> dict:
     from rl_statetune.hf.grpo import grpo_tune
     from rl_statetune.hf.sft import sft_tune
 
+    if method == "guided-rl":
+        from rl_statetune.rl.config import RLConfig
+        from rl_statetune.rl.driver import run_rl
+
+        d = cfg.model_dump(mode="json")
+        rl = RLConfig.model_validate({**{k: d[k] for k in ("model", "data", "optim", "upscale", "dbp")},
+                                      "train": {**d["train"], "out_dir": out},
+                                      "guide": {"task_rationales": True}, "reward": {"kind": "match", "samples": 8},
+                                      "pg": {"advantage": "batch"}})
+        r = run_rl(rl, progress=False)
+        return dict(acc=r.acc_after, acc_before=r.acc_before, params=_state_values(cfg),
+                    bytes=(Path(out) / "state.pth").stat().st_size, seconds=r.seconds)
     if method == "grpo":
         r = grpo_tune(cfg, out, generations=generations)
         return dict(acc=r.acc_after, acc_before=r.acc_before, params=r.tuned_parameters, bytes=r.artefact_bytes,
