@@ -83,24 +83,35 @@ def test_guide_text_is_cut_at_stop_strings_and_max_chars():
     assert clean_guide_text("abc", GuideSection(task_rationales=True).cot) == "abc"
 
 
-class SleepyGuide(Guide):
-    """The task-rationale guide, taking ``delay`` seconds per generate call (a slow guide, really slow)."""
+class TimedGuide(Guide):
+    """The task-rationale guide, recording when each generate call starts."""
 
-    def __init__(self, inner: Guide, delay: float):
-        self.inner, self.delay = inner, delay
+    def __init__(self, inner: Guide):
+        self.inner, self.starts = inner, []
 
     def generate(self, prompts, max_tokens=256, temperature=0.0):
-        time.sleep(self.delay)
+        self.starts.append(time.monotonic())
         return self.inner.generate(prompts, max_tokens, temperature)
 
     def score(self, prompts, continuations):
         return self.inner.score(prompts, continuations)
 
 
-def test_the_guide_writes_the_next_batch_while_the_learner_trains(tiny_world_ckpt, tmp_path):
+def test_the_guide_writes_the_next_batch_while_the_learner_trains(tiny_world_ckpt, tmp_path, monkeypatch):
+    """The guide's call for batch t+1 starts before the learner's step t ends (each step made to last 0.2 s)."""
+    from rl_statetune.rl.learner import Learner
+
+    ends, real = [], Learner.train_step
+
+    def slow_step(self, *a, **k):
+        m = real(self, *a, **k)
+        time.sleep(0.2)
+        ends.append(time.monotonic())
+        return m
+
+    monkeypatch.setattr(Learner, "train_step", slow_step)
     cfg = small_cfg(tiny_world_ckpt, tmp_path, "match", steps=4)
-    inner = build_guide(resolve_guide_config(cfg.guide, cfg.data, tmp_path))
-    res = run_rl(cfg, progress=False, guide=SleepyGuide(inner, 0.3))
-    # without overlap the learner would wait 4 x 0.3 s; with it, only for the first batch and what is left of
-    # the others after each step's training
-    assert res.learner_wait_s < 4 * 0.3 - 0.15, res.learner_wait_s
+    guide = TimedGuide(build_guide(resolve_guide_config(cfg.guide, cfg.data, tmp_path)))
+    run_rl(cfg, progress=False, guide=guide)
+    assert len(guide.starts) == 4 and len(ends) == 4
+    assert all(guide.starts[t + 1] < ends[t] for t in range(3)), (guide.starts, ends)
