@@ -149,7 +149,8 @@ class RunDir:
     def load_checkpoint(self) -> dict:
         path = self.path / CHECKPOINT
         if not path.exists():
-            raise RunError(f"--resume: no checkpoint at {path}; start without --resume")
+            raise RunError(f"--resume: no checkpoint at {path}; start without --resume (with --overwrite if the "
+                           "folder holds other files of a run)")
         try:
             saved = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - re-raised as one line
