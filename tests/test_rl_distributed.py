@@ -150,10 +150,12 @@ def test_smollm2_guide_two_learners_reward_rises(local_ray, smollm2_dir, tmp_pat
         "train.steps=10", "distributed.guide_timeout_s=900"])
     res = run_rl(cfg, ray=True, progress=False)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    first = sum(x["match_argmax"] for x in lines[:3]) / 3
+    # step 1 is scored before any update (the frozen model's agreement); with deterministic batches per learner
+    # the rise is complete by step 2, so the first 3-step window would already be trained
+    first = lines[0]["match_argmax"]
     last = sum(x["match_argmax"] for x in lines[-3:]) / 3
     assert last > first + 0.02, [x["match_argmax"] for x in lines]
-    assert sum(res.rewards[-3:]) > sum(res.rewards[:3])
+    assert sum(res.rewards[-3:]) / 3 > res.rewards[0]
     assert lines[-1]["guide_tokens_per_s"] > 0 and lines[-1]["learner_tokens_per_s"] > 0
 
 
