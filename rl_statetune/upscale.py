@@ -165,6 +165,21 @@ def tunable_from_file(sf: StateFile, cfg: RWKV7Config, source: str = "state") ->
     return UpscaledState.from_state_file(sf, cfg) if sf.upscaled else TimeState(cfg, sf.time_state)
 
 
+def save_tunable(out_dir, tunable: TimeState, metadata: dict | None = None) -> None:
+    """A tuned artefact: ``state.pth`` (the runtime format: the standard state only) and ``state.safetensors``
+    (every tunable and the feature bases, with ``metadata``)."""
+    from pathlib import Path
+
+    from rl_statetune.state import save_state
+
+    out, meta, extras = Path(out_dir), {"format": "rl_statetune/time_state", **(metadata or {})}, None
+    if isinstance(tunable, UpscaledState):
+        extras = tunable.extras()
+        meta |= tunable.metadata()
+    save_state(out / "state.pth", tunable.time_state)
+    save_state(out / "state.safetensors", tunable.time_state, metadata=meta, extras=extras)
+
+
 def load_tunable(path, cfg: RWKV7Config) -> TimeState:
     """``load_state`` + ``tunable_from_file``: what generate and eval attach to a model."""
     from rl_statetune.state import load_state
@@ -223,5 +238,5 @@ def build_upscaled_state(model: RWKV7, kind: str, features: int, support: str = 
     return UpscaledState(model.config, maps)
 
 
-__all__ = ["LayerLift", "UpscaledState", "tunable_from_file", "load_tunable", "param_groups", "dbp_step",
+__all__ = ["LayerLift", "UpscaledState", "tunable_from_file", "save_tunable", "load_tunable", "param_groups", "dbp_step",
            "build_upscaled_state"]

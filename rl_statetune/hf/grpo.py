@@ -132,7 +132,7 @@ def grpo_tune(cfg, out_dir: str | Path | None = None, generations: int = 4, temp
     acc_after = float("nan")
     if rank == 0:
         model.save_pretrained(out, metadata={"trainer": "trl.GRPOTrainer", "steps": steps,
-                                             "tune_config": cfg.model_dump(mode="json")})
+                                             "run_config": cfg.model_dump(mode="json")})
         if evaluate:
             acc_after = held_out_accuracy(model.rwkv, tok.world, held, tunable, fmt, cfg.train.eval_max_new_tokens)
     res = GRPOResult(str(out), steps, acc_before, acc_after, rewards[0] if rewards else float("nan"),

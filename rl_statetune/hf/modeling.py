@@ -31,8 +31,8 @@ from transformers.utils import ModelOutput
 
 from rl_statetune.hf.configuration import RWKV7HFConfig
 from rl_statetune.model import RWKV7, RecurrentState
-from rl_statetune.state import TimeState, load_state, save_state
-from rl_statetune.upscale import UpscaledState, tunable_from_file
+from rl_statetune.state import TimeState, load_state
+from rl_statetune.upscale import save_tunable, tunable_from_file
 
 STATE_FILE = "state.safetensors"      # what save_pretrained writes beside config.json
 RUNTIME_STATE_FILE = "state.pth"      # the same standard state in the RWKV-PEFT / Runner / Ai00 format
@@ -292,14 +292,8 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
         tunable = self.model.tunable
         if tunable is None:
             return
-        meta = {"format": "rl_statetune/time_state", "base_model": str(self.config.base_model),
-                "model_config": self.rwkv.config.__dict__, **(metadata or {})}
-        extras = None
-        if isinstance(tunable, UpscaledState):
-            extras = tunable.extras()
-            meta |= tunable.metadata()
-        save_state(out / RUNTIME_STATE_FILE, tunable.time_state)
-        save_state(out / STATE_FILE, tunable.time_state, metadata=meta, extras=extras)
+        save_tunable(out, tunable, {"base_model": str(self.config.base_model),
+                                    "model_config": self.rwkv.config.__dict__, **(metadata or {})})
 
 
 __all__ = ["RWKV7Cache", "RWKV7Model", "RWKV7ForCausalLM", "RWKV7PreTrainedModel", "padding_layout",

@@ -160,7 +160,7 @@ def sft_tune(cfg, out_dir: str | Path | None = None, evaluate: bool = True, prog
     from rl_statetune.state import model_fingerprint, save_state
     from rl_statetune.run.heldout import held_out_accuracy
     from rl_statetune.run.setup import lr_at, make_tunable
-    from rl_statetune.upscale import UpscaledState, param_groups
+    from rl_statetune.upscale import param_groups
 
     t_start = time.time()
     torch.manual_seed(cfg.train.seed)
@@ -232,13 +232,10 @@ def sft_tune(cfg, out_dir: str | Path | None = None, evaluate: bool = True, prog
             acc_after = held_out_accuracy(model.get_base_model().rwkv, tok.world, held, None, fmt,
                                           cfg.train.eval_max_new_tokens)
     elif rank == 0:
-        meta = {"format": "rl_statetune/time_state", "base_model": str(cfg.model.path),
-                "base_model_sha256_16": model_fingerprint(resolve_model_path(cfg.model.path)),
-                "model_config": model.rwkv.config.__dict__, "tune_config": cfg.model_dump(mode="json"),
-                "steps": steps, "final_loss": final_loss, "trainer": "trl.SFTTrainer"}
+        meta = {"base_model_sha256_16": model_fingerprint(resolve_model_path(cfg.model.path)),
+                "run_config": cfg.model_dump(mode="json"), "steps": steps, "final_loss": final_loss,
+                "trainer": "trl.SFTTrainer"}
         model.save_pretrained(out, metadata=meta)  # config.json + state.safetensors + state.pth (no weights)
-        if not isinstance(tunable, UpscaledState):
-            save_state(out / "state.pth", tunable.time_state)
         if evaluate:
             acc_after = held_out_accuracy(model.rwkv, tok.world, held, tunable, fmt, cfg.train.eval_max_new_tokens)
             log.info("held-out accuracy: %.3f before -> %.3f after tuning", acc_before, acc_after)

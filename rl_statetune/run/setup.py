@@ -15,9 +15,9 @@ from rl_statetune.config import OptimConfig, RunConfig
 from rl_statetune.data import Example, load_examples
 from rl_statetune.model import RWKV7
 from rl_statetune.paths import resolve_model_path
-from rl_statetune.state import TimeState, model_fingerprint, save_state
+from rl_statetune.state import TimeState, model_fingerprint
 from rl_statetune.tokenizer import WorldTokenizer
-from rl_statetune.upscale import UpscaledState, dbp_step, param_groups
+from rl_statetune.upscale import UpscaledState, dbp_step, param_groups, save_tunable
 
 log = logging.getLogger("rl_statetune.run")
 
@@ -142,14 +142,9 @@ def state_norms(tunable: TimeState) -> dict[str, float]:
 
 
 def save_tuned(out: Path, tunable: TimeState, cfg: RunConfig, model: RWKV7, meta: dict) -> None:
-    """``state.pth`` (the runtime format: the standard state only) and ``state.safetensors`` (every tunable and
-    the feature bases, with metadata: base model fingerprint, model and run config)."""
-    meta = {"format": "rl_statetune/time_state", "base_model": str(cfg.model.path),
-            "base_model_sha256_16": model_fingerprint(resolve_model_path(cfg.model.path)),
-            "model_config": model.config.__dict__, "run_config": cfg.model_dump(mode="json"), **meta}
-    extras = None
-    if isinstance(tunable, UpscaledState):
-        extras = tunable.extras()
-        meta |= tunable.metadata()
-    save_state(out / "state.pth", tunable.time_state)
-    save_state(out / "state.safetensors", tunable.time_state, metadata=meta, extras=extras)
+    """The run's artefact (``upscale.save_tunable``) with the run's metadata: base model fingerprint, model and
+    run config."""
+    save_tunable(out, tunable, {"base_model": str(cfg.model.path),
+                                "base_model_sha256_16": model_fingerprint(resolve_model_path(cfg.model.path)),
+                                "model_config": model.config.__dict__, "run_config": cfg.model_dump(mode="json"),
+                                **meta})
