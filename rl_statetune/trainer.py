@@ -64,7 +64,7 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
     opt = make_optimizer(state, cfg)
     start, acc_before, loss_val, skipped = 0, float("nan"), float("nan"), 0
     if resume:
-        saved = run.load_checkpoint()
+        saved = run.saved
         state.load_state_dict(saved["tunable"])
         opt.load_state_dict(saved["optimizer"])
         start, acc_before = saved["step"], saved["acc_before"]

@@ -126,7 +126,7 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
     finished = run.open()
     if finished is not None:
         return RLResult.from_dict(finished)
-    saved = run.load_checkpoint() if resume else None
+    saved = run.saved
     torch.manual_seed(cfg.train.seed)
     model, tok, train, held = start_run(cfg)     # the driver's copy evaluates and writes the artefact
     tunable = make_tunable(model, tok, train, cfg)

@@ -113,9 +113,11 @@ class RunDir:
         if resume and overwrite:
             raise RunError("--resume and --overwrite exclude each other: continue the run, or start over")
         self.path, self.config, self.resume, self.overwrite = Path(path), config, resume, overwrite
+        self.saved: dict | None = None   # the checkpoint a resumed run continues from (read, checked by open)
 
     def open(self) -> dict | None:
-        """Create / check the folder. Returns the stored result when resuming a run that already finished."""
+        """Create / check the folder (with ``resume``, read and check the checkpoint into ``saved``). Returns the
+        stored result when resuming a run that already finished."""
         p = self.path
         if p.exists() and not p.is_dir():
             raise RunError(f"train.out_dir {p} is a file, not a folder; choose another train.out_dir")
@@ -130,7 +132,7 @@ class RunDir:
             tmp.unlink(missing_ok=True)
         present = [f for f in RUN_FILES if (p / f).exists()]
         if self.resume:
-            saved = self.load_checkpoint()
+            saved = self.saved = self.load_checkpoint()
             result = p / RESULT
             if result.exists() and saved["step"] >= self.config["train"]["steps"]:
                 log.info("%s already finished (%d steps); nothing to do", p, saved["step"])
