@@ -31,9 +31,13 @@ def _tune(args) -> int:
     res = tune(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
                evaluate=not args.no_eval)
     print(f"\nstate written to {res.out_dir}/state.pth and state.safetensors")
-    acc = (f"held-out accuracy: before {res.acc_before:.3f} -> after {res.acc_after:.3f}   "
-           if not math.isnan(res.acc_after) else "held-out accuracy: not evaluated   ")
-    print(f"{acc}({res.steps} steps, final loss {res.final_loss:.4f}, {res.seconds:.0f} s)")
+    if math.isnan(res.acc_after):
+        print(f"held-out accuracy: not evaluated   ({res.steps} steps, final loss {res.final_loss:.4f}, "
+              f"{res.seconds:.0f} s)")
+    else:
+        print(f"held-out accuracy: before {res.acc_before:.3f} -> after {res.acc_after:.3f}   generated tokens per "
+              f"answer: {res.tokens_before:.1f} -> {res.tokens_after:.1f}\n({res.steps} steps, final loss "
+              f"{res.final_loss:.4f}; tuning {res.tuning_seconds:.0f} s, {res.seconds:.0f} s in all)")
     return 0
 
 

@@ -102,18 +102,25 @@ def detect_format(text: str) -> str | None:
 
 # --- the reasoning task: harder problems, answered directly or step by step --------------------------------------
 #
-# Problems with 2-4 operations on two-digit counts. A document's solution is either *direct* (" The answer is 40.")
-# or *reasoning* (" 23 + 14 = 37. 37 - 9 = 28. 28 + 12 = 40. The answer is 40."), both on one line and ending in the
-# "sentence" format. A share of the documents name the mode in a header line (``Mode: reason``); documents without
-# a header are always direct. So the frozen model, prompted with no header, answers at once; with the reasoning
-# header it works step by step. The aim (GitHub issue 12): direct weak, reasoning strong, and a tuned initial state
-# that switches reasoning on with no header (state-based test-time scaling: more generated tokens, higher accuracy,
-# the weights untouched). Caveat found on the first model: every operation sits next to its number in the question,
-# so a recurrent model can keep the running total in its state while it reads, and the direct mode learns about as
-# fast as the step-by-step one (see the README); a task where the work cannot be done while reading is the fix.
+# A problem names three to five two-digit values and only then asks for a sum and difference of some of them, in
+# an order of its own: "Q: b = 23, d = 14, f = 9, g = 12. What is f + b - d + g?". A document's solution is either
+# *direct* (" The answer is 30.") or *reasoning*: the values substituted, then one operation at a time
+# (" f + b - d + g = 9 + 23 - 14 + 12. 9 + 23 = 32. 32 - 14 = 18. 18 + 12 = 30. The answer is 30."), both on one
+# line and ending in the "sentence" format. A share of the documents name the mode in a header line
+# (``Mode: reason``); documents without a header are always direct. So the frozen model, prompted with no header,
+# answers at once; with the reasoning header it works step by step. The aim (GitHub issue 12): direct weak,
+# reasoning strong, and a tuned initial state that switches reasoning on with no header (state-based test-time
+# scaling: more generated tokens, higher accuracy, the weights untouched).
+#
+# Why the values come first: in the first version of this task every operation sat next to its number ("has 23,
+# then loses 9, ..."), so a recurrent model kept the running total in its state while it read the question and
+# answered directly as well as step by step. Here nothing can be computed before the question: a direct answer
+# must look up two to four values and add them in the few tokens of the question, while the reasoning mode writes
+# each lookup and each two-number operation out.
 
 MODES = ("direct", "reason")
 REASON_MAX_TOTAL = 99
+VARIABLES = "abcdefghkmnpqrstuvwxyz"
 
 
 @dataclass(frozen=True)
@@ -141,24 +148,28 @@ def mode_header(mode: str) -> str:
 
 
 def make_reasoning_problem(rng: random.Random) -> ReasoningProblem:
-    """2-4 operations; the start is 10-50, each change 2-25, every running total stays in 1..99."""
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    start = rng.randint(10, 50)
-    parts, steps, total = [f"{name} has {start} {item}"], [], start
-    for _ in range(rng.choice([2, 3, 3, 4])):
-        can_lose, can_gain = total > 3, total <= REASON_MAX_TOTAL - 2
-        if can_lose and (not can_gain or rng.random() < 0.5):
-            n = rng.randint(2, min(25, total - 1))
-            parts.append(rng.choice(LOSSES).format(n=n))
-            steps.append(f"{total} - {n} = {total - n}.")
-            total -= n
-        else:
-            n = rng.randint(2, min(25, REASON_MAX_TOTAL - total))
-            parts.append(rng.choice(GAINS).format(n=n))
-            steps.append(f"{total} + {n} = {total + n}.")
-            total += n
-    question = f"{parts[0]}, then {', then '.join(parts[1:])}. How many {item} does {name} have?"
-    return ReasoningProblem(question, tuple(steps), total)
+    """3-5 named values (10-49), a question over 3-4 of them (2-3 operations) in its own order; every running
+    total stays in 1..99. Steps: the substitution, then one 'a + b = c.' per operation."""
+    n_terms = rng.choice([3, 3, 4])
+    names = sorted(rng.sample(VARIABLES, n_terms + rng.choice([0, 0, 1])))
+    values = {v: rng.randint(10, 49) for v in names}
+    order = rng.sample(names, n_terms)
+    total, signs, steps = values[order[0]], [], []
+    for v in order[1:]:
+        n = values[v]
+        can_lose, can_gain = total - n >= 1, total + n <= REASON_MAX_TOTAL
+        sign = "-" if can_lose and (not can_gain or rng.random() < 0.5) else "+"
+        if sign == "+" and not can_gain:  # neither fits: this value takes no part
+            continue
+        steps.append(f"{total} {sign} {n} = {total + n if sign == '+' else total - n}.")
+        total = total + n if sign == "+" else total - n
+        signs.append((sign, v))
+    if not signs:
+        return make_reasoning_problem(rng)
+    expr = order[0] + "".join(f" {s} {v}" for s, v in signs)
+    numbers = str(values[order[0]]) + "".join(f" {s} {values[v]}" for s, v in signs)
+    listing = ", ".join(f"{v} = {values[v]}" for v in names)
+    return ReasoningProblem(f"{listing}. What is {expr}?", (f"{expr} = {numbers}.", *steps), total)
 
 
 def reasoning_problems(n: int, seed: int) -> list[ReasoningProblem]:
@@ -166,7 +177,7 @@ def reasoning_problems(n: int, seed: int) -> list[ReasoningProblem]:
     return [make_reasoning_problem(rng) for _ in range(n)]
 
 
-def reasoning_documents(n: int, seed: int, header_rate: float = 0.6, reason_rate: float = 0.8) -> list[str]:
+def reasoning_documents(n: int, seed: int, header_rate: float = 0.7, reason_rate: float = 0.85) -> list[str]:
     """Pretraining documents for the reasoning task. A ``header_rate`` share have a mode header, and of those a
     ``reason_rate`` share reason step by step (the rest answer directly); documents without a header are direct."""
     rng = random.Random(seed)

@@ -21,7 +21,7 @@ from rl_statetune.config import TuneConfig
 from rl_statetune.data import Batch, collate
 from rl_statetune.model import RWKV7
 from rl_statetune.run.folder import Interrupted, RunDir, stop_on_signals
-from rl_statetune.run.heldout import run_accuracy
+from rl_statetune.run.heldout import HeldOut, run_held_out
 from rl_statetune.run.setup import (BatchOrder, guarded_step, lr_at, make_optimizer, make_tunable, save_tuned,
                                     set_lr, start_run, state_norms)
 
@@ -44,6 +44,9 @@ class TuneResult:
     acc_after: float
     seconds: float
     skipped_steps: int = 0
+    tokens_before: float = float("nan")    # mean generated tokens per held-out answer (test-time compute)
+    tokens_after: float = float("nan")
+    tuning_seconds: float = float("nan")   # the optimisation steps alone (no held-out evaluation)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TuneResult":
@@ -62,22 +65,24 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
     cfg_eval = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval": cfg.train.eval and evaluate})})
     state = make_tunable(model, tok, train, cfg)
     opt = make_optimizer(state, cfg)
-    start, acc_before, loss_val, skipped = 0, float("nan"), float("nan"), 0
+    start, before, loss_val, skipped = 0, HeldOut.none(), float("nan"), 0
     if resume:
         saved = run.saved
         state.load_state_dict(saved["tunable"])
         opt.load_state_dict(saved["optimizer"])
-        start, acc_before = saved["step"], saved["acc_before"]
+        start, before = saved["step"], HeldOut(saved["acc_before"], saved.get("tokens_before", float("nan")), 0.0)
         loss_val, skipped = saved.get("loss", float("nan")), saved.get("skipped", 0)
         log.info("resumed from %s at step %d", run.path, start)
     else:
-        acc_before = run_accuracy(cfg_eval, model, tok, held, None)
+        before = run_held_out(cfg_eval, model, tok, held, None)
         if cfg_eval.train.eval:
-            log.info("held-out accuracy before tuning: %.3f (%d examples)", acc_before, len(held))
+            log.info("held-out accuracy before tuning: %.3f (%d examples, %.1f generated tokens per answer)",
+                     before.accuracy, len(held), before.mean_tokens)
 
     def checkpoint(step: int) -> None:
         run.save_checkpoint(step, {"tunable": {k: v.detach().clone() for k, v in state.state_dict().items()},
-                                   "optimizer": opt.state_dict(), "acc_before": acc_before, "loss": loss_val,
+                                   "optimizer": opt.state_dict(), "acc_before": before.accuracy,
+                                   "tokens_before": before.mean_tokens, "loss": loss_val,
                                    "skipped": skipped})
 
     order = BatchOrder(len(train), cfg.train.batch_size, cfg.train.seed)
@@ -111,12 +116,15 @@ def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate:
             if stop and step + 1 < steps:
                 raise Interrupted(stop.signum, step + 1, run.path)
 
+    tuning_s = time.time() - t0
     save_tuned(run.path, state, cfg, model, {"steps": steps, "final_loss": loss_val})
-    acc_after = run_accuracy(cfg_eval, model, tok, held, state)
-    result = TuneResult(str(run.path), steps, loss_val, acc_before, acc_after, time.time() - t_start, skipped)
+    after = run_held_out(cfg_eval, model, tok, held, state)
+    result = TuneResult(str(run.path), steps, loss_val, before.accuracy, after.accuracy, time.time() - t_start,
+                        skipped, before.mean_tokens, after.mean_tokens, tuning_s)
     run.write_result(asdict(result))
     if cfg_eval.train.eval:
-        log.info("held-out accuracy: %.3f before -> %.3f after tuning", acc_before, acc_after)
+        log.info("held-out accuracy: %.3f before -> %.3f after tuning; generated tokens per answer %.1f -> %.1f",
+                 before.accuracy, after.accuracy, before.mean_tokens, after.mean_tokens)
     return result
 
 

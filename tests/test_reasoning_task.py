@@ -17,23 +17,33 @@ QUICK_STEPS, QUICK_EVAL = 20, 32
 STEP = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")
 
 
-def test_reasoning_problems_are_harder_and_their_steps_are_right():
+def test_reasoning_problems_name_values_first_and_their_steps_are_right():
     probs = syn.reasoning_problems(500, seed=3)
-    n_ops = [len(p.steps) for p in probs]
-    assert min(n_ops) == 2 and max(n_ops) == 4
+    n_ops = [len(p.steps) - 1 for p in probs]  # the first step is the substitution
+    assert min(n_ops) == 2 and max(n_ops) == 4 - 1
     for p in probs:
-        start = int(re.search(r"has (\d+) ", p.question).group(1))
-        assert 10 <= start <= 50
-        total = start
-        for s in p.steps:
-            a, op, b, c = STEP.fullmatch(s).groups()
-            assert int(a) == total and 2 <= int(b) <= 25
+        listing, _, asked = p.question.partition(". What is ")
+        values = dict(re.fullmatch(r"([a-z]) = (\d+)", kv).groups() for kv in listing.split(", "))
+        assert 3 <= len(values) <= 5 and all(10 <= int(v) <= 49 for v in values.values())
+        expr = asked.removesuffix("?")
+        names = expr.split()[::2]
+        assert len(set(names)) == len(names) and set(names) <= set(values)
+        # the question asks for the names only: no number of the question sits next to its operation
+        assert not re.search(r"\d", asked)
+        subst = " ".join(values[t] if t in values else t for t in expr.split())
+        assert p.steps[0] == f"{expr} = {subst}."
+        total = int(values[names[0]])
+        for s, (op, name) in zip(p.steps[1:], zip(expr.split()[1::2], names[1:])):
+            a, op_, b, c = STEP.fullmatch(s).groups()
+            assert int(a) == total and op_ == op and b == values[name]
             total = int(a) + int(b) if op == "+" else int(a) - int(b)
             assert int(c) == total and 1 <= total <= syn.REASON_MAX_TOTAL
-            assert f" {b}" in p.question
         assert total == p.answer
     # most answers are two-digit: no shortcut through one-digit counts
     assert sum(p.answer >= 10 for p in probs) / len(probs) > 0.7
+    # the asked order is not the listed order, and some listed values are not asked for
+    assert sum(p.question.split(".")[0].split(", ")[0][0] != p.question.split("What is ")[1][0] for p in probs) > 200
+    assert any(len(p.question.split(", ")) > len(p.steps) for p in probs)
     assert syn.reasoning_problems(20, seed=3) == probs[:20] and syn.reasoning_problems(20, seed=4) != probs[:20]
 
 
@@ -41,7 +51,7 @@ def test_both_solutions_are_one_line_and_score_by_the_final_number():
     p = syn.reasoning_problems(1, seed=0)[0]
     direct, reason = p.solution("direct"), p.solution("reason")
     assert direct == f" The answer is {p.answer}.\n"
-    assert reason.startswith(" " + p.steps[0]) and reason.endswith(f" The answer is {p.answer}.\n")
+    assert reason.startswith(" " + p.steps[0] + " ") and reason.endswith(f" The answer is {p.answer}.\n")
     assert reason.count("\n") == direct.count("\n") == 1
     for sol in (direct, reason):
         assert syn.extract_answer(sol, "sentence") == p.answer

@@ -26,7 +26,7 @@ from rl_statetune.rl.guides import resolve_guide_config
 from rl_statetune.rl.learner import GUIDE_SCORED_REWARDS, Learner
 from rl_statetune.rl.source import NEEDS_COT_SCORES, CotSource
 from rl_statetune.run.folder import Interrupted, RunDir, stop_on_signals
-from rl_statetune.run.heldout import run_accuracy
+from rl_statetune.run.heldout import HeldOut, run_held_out
 from rl_statetune.run.setup import make_tunable, save_tuned, start_run
 
 log = logging.getLogger("rl_statetune.rl")
@@ -45,6 +45,8 @@ class RLResult:
     learner_tokens_per_s: float = float("nan")
     learner_wait_s: float = 0.0
     seconds: float = 0.0
+    tokens_before: float = float("nan")   # mean generated tokens per held-out answer (test-time compute)
+    tokens_after: float = float("nan")
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLResult":
@@ -130,12 +132,13 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
     torch.manual_seed(cfg.train.seed)
     model, tok, train, held = start_run(cfg)     # the driver's copy evaluates and writes the artefact
     tunable = make_tunable(model, tok, train, cfg)
-    start, acc_before, rewards = 0, float("nan"), []
+    start, before, rewards = 0, HeldOut.none(), []
     if saved is not None:
-        start, acc_before, rewards = saved["step"], saved["acc_before"], saved["rewards"]
+        start, rewards = saved["step"], saved["rewards"]
+        before = HeldOut(saved["acc_before"], saved.get("tokens_before", float("nan")), 0.0)
         log.info("resuming %s at step %d", run.path, start)
     else:
-        acc_before = run_accuracy(cfg, model, tok, held, None)
+        before = run_held_out(cfg, model, tok, held, None)
     if ray:
         from rl_statetune.rl.ray_executor import RayExecutor
 
@@ -162,7 +165,8 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
                              step + 1, m["reward"], m["loss"], rec["guide_tokens_per_s"],
                              rec["learner_tokens_per_s"], wait_s)
                 if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == steps or stop:
-                    run.save_checkpoint(step + 1, {**ex.checkpoint(), "acc_before": acc_before, "rewards": rewards})
+                    run.save_checkpoint(step + 1, {**ex.checkpoint(), "acc_before": before.accuracy,
+                                                     "tokens_before": before.mean_tokens, "rewards": rewards})
                 if stop and step + 1 < steps:
                     raise Interrupted(stop.signum, step + 1, run.path)
         final = ex.final()
@@ -172,15 +176,17 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
     tunable.load_state_dict(final)
     save_tuned(run.path, tunable, cfg, model, {"steps": steps})
     first, last = window_means(rewards, max(3, cfg.train.log_every))
-    res = RLResult(str(run.path), steps, first, last, rewards, acc_before,
-                   run_accuracy(cfg, model, tok, held, tunable), guide_rate, tokens / max(learner_s, 1e-9),
-                   wait_s, time.time() - t_start)
+    after = run_held_out(cfg, model, tok, held, tunable)
+    res = RLResult(str(run.path), steps, first, last, rewards, before.accuracy, after.accuracy, guide_rate,
+                   tokens / max(learner_s, 1e-9), wait_s, time.time() - t_start, before.mean_tokens,
+                   after.mean_tokens)
     run.write_result(asdict(res))
     return res
 
 
 def summary(res: RLResult, evaluated: bool) -> str:
-    acc = (f"held-out accuracy {res.acc_before:.3f} -> {res.acc_after:.3f}" if evaluated
+    acc = (f"held-out accuracy {res.acc_before:.3f} -> {res.acc_after:.3f} (generated tokens per answer "
+           f"{res.tokens_before:.1f} -> {res.tokens_after:.1f})" if evaluated
            else "held-out accuracy not evaluated (train.eval: false)")
     rate = "n/a" if math.isnan(res.guide_tokens_per_s) else f"{res.guide_tokens_per_s:.1f}"
     return (f"reward {res.reward_first:.4f} -> {res.reward_last:.4f} over {res.steps} steps; {acc}\n"
