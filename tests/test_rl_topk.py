@@ -40,6 +40,7 @@ def test_top_k_mapping_hand_made():
     assert top_k_logprob(SCORED, 3, " hat") is None                # not among the alternatives
     assert top_k_logprob(SCORED, 3, " ha") is None                 # a prefix of an alternative is not one
     assert top_k_logprob(SCORED, 4, "had") is None                 # no guide token starts at 4 (inside " has")
+    assert top_k_logprob(SCORED, 5, " had") is None                # nor at 5, whatever the action
     assert top_k_logprob(SCORED, 8, "8") is None                   # inside " 7"
     assert top_k_logprob(SCORED, 10, "!") is None                  # past the text
     assert top_k_logprob(replace(SCORED, top_k=None), 3, " had") is None
