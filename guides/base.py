@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import abc
 import bisect
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Guide", "ScoredText"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +29,18 @@ class ScoredText:
     character already claimed by the previous token (a multi-byte character split over byte tokens)
     has an empty piece; its log-probability is still reported. ``logprobs[i]`` is
     ``log p_guide(token_i | prompt, tokens_<i)`` in nats.
+
+    ``top_k`` (optional, from ``score(..., top_k=k)``): per guide token ``i``, the guide's ``k`` most likely
+    tokens at that position as ``(piece, logprob)`` pairs, most likely first; ``piece`` is the token's text as it
+    would appear appended to ``text[:offsets[i][0]]``. It lets a consumer read the guide's log-probability of
+    other one-token continuations of a prefix without another call. ``None`` when not requested or not available.
     """
 
     text: str
     pieces: tuple[str, ...]
     offsets: tuple[tuple[int, int], ...]
     logprobs: tuple[float, ...]
+    top_k: tuple[tuple[tuple[str, float], ...], ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.pieces)
@@ -57,6 +66,14 @@ class ScoredText:
         for i, lp in enumerate(self.logprobs):
             if math.isnan(lp) or lp > 1e-6:
                 raise ValueError(f"ScoredText: logprob {i} is {lp}; log-probabilities must be <= 0")
+        if self.top_k is not None:
+            if len(self.top_k) != n:
+                raise ValueError(f"ScoredText: top_k has {len(self.top_k)} entries for {n} pieces")
+            for i, alts in enumerate(self.top_k):
+                for piece, lp in alts:
+                    if not isinstance(piece, str) or not math.isfinite(lp) or lp > 1e-6:
+                        raise ValueError(f"ScoredText: top_k entry ({piece!r}, {lp}) of token {i} must be "
+                                         "(str, finite logprob <= 0)")
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -84,14 +101,20 @@ class Guide(abc.ABC):
 
     #: Whether :meth:`score` returns model log-probabilities (False for the dataset guide).
     supports_scoring: bool = True
+    #: Whether ``score(..., top_k=k)`` fills :attr:`ScoredText.top_k`; the others return ``top_k=None``.
+    supports_top_k: bool = False
 
     @abc.abstractmethod
     def generate(self, prompts: Sequence[str], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         """One completion per prompt (text only, special tokens removed). ``temperature == 0`` is greedy."""
 
     @abc.abstractmethod
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
-        """Teacher-forced per-token log-probabilities of each continuation given its prompt."""
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
+        """Teacher-forced per-token log-probabilities of each continuation given its prompt.
+
+        ``top_k > 0`` also asks for the guide's ``top_k`` most likely tokens at each position
+        (:attr:`ScoredText.top_k`); a backend without :attr:`supports_top_k` ignores it (``top_k=None``).
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release the model / connections. The guide must not be used afterwards."""
@@ -118,8 +141,19 @@ def check_generate_args(prompts: Sequence[str], max_tokens: int, temperature: fl
     return prompts
 
 
-def check_score_args(prompts: Sequence[str], continuations: Sequence[str]) -> tuple[list[str], list[str]]:
+def warn_no_top_k(guide: Guide, top_k: int) -> None:
+    """Say once per guide that ``top_k`` is ignored (the consumer then falls back to exact queries)."""
+    if top_k and not getattr(guide, "_warned_top_k", False):
+        guide._warned_top_k = True
+        log.warning("%s cannot return top-k log-probabilities; score(top_k=%d) returns top_k=None",
+                    type(guide).__name__, top_k)
+
+
+def check_score_args(prompts: Sequence[str], continuations: Sequence[str],
+                     top_k: int = 0) -> tuple[list[str], list[str]]:
     """Validate :meth:`Guide.score` arguments; return them as lists."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
     if isinstance(prompts, str) or isinstance(continuations, str):
         raise TypeError("prompts and continuations must be lists of strings, not single strings")
     prompts, continuations = list(prompts), list(continuations)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Guide, ScoredText, check_generate_args, check_score_args
+from .base import Guide, ScoredText, check_generate_args, check_score_args, warn_no_top_k
 from .config import DatasetOptions
 from .errors import GuideScoringUnsupported
 from .text import scored_text
@@ -75,8 +75,9 @@ class DatasetGuide(Guide):
             out.append(target)
         return out
 
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
-        prompts, continuations = check_score_args(prompts, continuations)
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
+        prompts, continuations = check_score_args(prompts, continuations, top_k)
+        warn_no_top_k(self, top_k)
         if self.options.score_logprob is None:
             raise GuideScoringUnsupported(
                 "the dataset guide has no model to score text with; use a match-type reward, or set "

@@ -2,6 +2,8 @@
 
 Standard library only (urllib). Generation is ``POST {base_url}/completions``; scoring sends
 ``prompt + continuation`` with ``echo: true, logprobs: 1`` and reads the echoed prompt tokens' log-probs.
+``score(top_k=k)`` is not supported (the echoed ``top_logprobs`` are server-decoded token strings whose
+conventions differ between servers): it returns ``top_k=None`` with a warning, and rewards use exact queries.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import Guide, ScoredText, check_generate_args, check_score_args
+from .base import Guide, ScoredText, check_generate_args, check_score_args, warn_no_top_k
 from .prompting import fill_template
 from .config import OpenAIOptions
 from .errors import GuideOutputError, GuideRequestError, GuideUnavailable
@@ -73,8 +75,9 @@ class OpenAIGuide(Guide):
         return out
 
     # ------------------------------------------------------------------ scoring
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
-        prompts, continuations = check_score_args(prompts, continuations)
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
+        prompts, continuations = check_score_args(prompts, continuations, top_k)
+        warn_no_top_k(self, top_k)
         rendered = [self.render(p) for p in prompts]
         out: list[ScoredText] = []
         pairs = list(zip(rendered, continuations))

@@ -45,13 +45,15 @@ class GuideActor:
         return os.getpid()
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.cfg.backend, "name": self.cfg.name, "supports_scoring": self._guide().supports_scoring}
+        guide = self._guide()
+        return {"backend": self.cfg.backend, "name": self.cfg.name, "supports_scoring": guide.supports_scoring,
+                "supports_top_k": guide.supports_top_k}
 
     def generate(self, prompts: Sequence[str], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         return self._guide().generate(list(prompts), max_tokens, temperature)
 
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
-        return self._guide().score(list(prompts), list(continuations))
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
+        return self._guide().score(list(prompts), list(continuations), top_k)
 
     def close(self) -> None:
         if self.guide is not None:
@@ -93,13 +95,14 @@ class RemoteGuide(Guide):
         self._ray = import_ray()
         self.handle = handle
         self.timeout_s = timeout_s
-        self.supports_scoring = bool(self._get(self._actor().info.remote())["supports_scoring"])
+        info = self._get(self._actor().info.remote())
+        self.supports_scoring, self.supports_top_k = bool(info["supports_scoring"]), bool(info["supports_top_k"])
 
     def generate(self, prompts: Sequence[str], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         return self._get(self._actor().generate.remote(list(prompts), max_tokens, temperature))
 
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
-        return self._get(self._actor().score.remote(list(prompts), list(continuations)))
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
+        return self._get(self._actor().score.remote(list(prompts), list(continuations), top_k))
 
     def close(self) -> None:
         """Close the guide inside the actor, then end the actor process."""

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         proto.write(json.dumps({"error": [type(e).__name__, str(e)]}) + "\n")
         return 1
-    proto.write(json.dumps({"ready": {"pid": os.getpid(), "supports_scoring": guide.supports_scoring}}) + "\n")
+    proto.write(json.dumps({"ready": {"pid": os.getpid(), "supports_scoring": guide.supports_scoring,
+                                      "supports_top_k": guide.supports_top_k}}) + "\n")
     for line in sys.stdin:
         req = json.loads(line)
         op = req.pop("op")
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                 out = guide.generate(req["prompts"], req["max_tokens"], req["temperature"])
             elif op == "score":
                 out = [{"text": s.text, "pieces": list(s.pieces), "offsets": [list(o) for o in s.offsets],
-                        "logprobs": list(s.logprobs)} for s in guide.score(req["prompts"], req["continuations"])]
+                        "logprobs": list(s.logprobs),
+                        "top_k": None if s.top_k is None else [[list(a) for a in alts] for alts in s.top_k]}
+                       for s in guide.score(req["prompts"], req["continuations"], req.get("top_k", 0))]
             elif op == "close":
                 guide.close()
                 proto.write(json.dumps({"ok": None}) + "\n")

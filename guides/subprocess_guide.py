@@ -62,6 +62,7 @@ class SubprocessGuide(Guide):
             raise GuideUnavailable(f"subprocess guide ({inner.backend}) failed to start: {kind}: {msg}")
         self.pid = ready["ready"]["pid"]
         self.supports_scoring = bool(ready["ready"]["supports_scoring"])
+        self.supports_top_k = bool(ready["ready"].get("supports_top_k", False))
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -98,11 +99,9 @@ class SubprocessGuide(Guide):
         prompts = check_generate_args(prompts, max_tokens, temperature)
         return self._call("generate", prompts=prompts, max_tokens=max_tokens, temperature=temperature)
 
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
-        prompts, continuations = check_score_args(prompts, continuations)
-        return [ScoredText(s["text"], tuple(s["pieces"]), tuple(tuple(o) for o in s["offsets"]),
-                           tuple(s["logprobs"]))
-                for s in self._call("score", prompts=prompts, continuations=continuations)]
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
+        prompts, continuations = check_score_args(prompts, continuations, top_k)
+        return [_scored(s) for s in self._call("score", prompts=prompts, continuations=continuations, top_k=top_k)]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -119,3 +118,9 @@ class SubprocessGuide(Guide):
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def _scored(s: dict[str, Any]) -> ScoredText:
+    """A :class:`ScoredText` from its JSON form (``serve.py``)."""
+    top = None if s.get("top_k") is None else tuple(tuple((p, v) for p, v in alts) for alts in s["top_k"])
+    return ScoredText(s["text"], tuple(s["pieces"]), tuple(tuple(o) for o in s["offsets"]), tuple(s["logprobs"]), top)

@@ -13,7 +13,7 @@ from typing import Any
 from .base import ScoredText
 from .errors import GuideOutputError
 
-__all__ = ["partition_offsets", "tokenize_continuation", "align_pieces", "scored_text"]
+__all__ = ["partition_offsets", "tokenize_continuation", "align_pieces", "scored_text", "PieceDecoder"]
 
 # How far ahead align_pieces looks for the next token after an undecodable run (characters).
 _ALIGN_WINDOW = 16
@@ -105,11 +105,57 @@ def align_pieces(text: str, pieces: Sequence[str]) -> list[tuple[int, int]]:
     return spans  # type: ignore[return-value]
 
 
-def scored_text(text: str, spans: Sequence[tuple[int, int]], logprobs: Sequence[float]) -> ScoredText:
-    """Build a :class:`ScoredText` from a partition of ``text`` and one log-probability per span."""
+def scored_text(text: str, spans: Sequence[tuple[int, int]], logprobs: Sequence[float],
+                top_k: Sequence[Sequence[tuple[str, float]]] | None = None) -> ScoredText:
+    """Build a :class:`ScoredText` from a partition of ``text``, one log-probability per span and optionally
+    the per-token top-k alternatives."""
     return ScoredText(
         text=text,
         pieces=tuple(text[s:e] for s, e in spans),
         offsets=tuple((int(s), int(e)) for s, e in spans),
         logprobs=tuple(float(lp) for lp in logprobs),
+        top_k=None if top_k is None else tuple(tuple((p, min(float(v), 0.0)) for p, v in alts) for alts in top_k),
     )
+
+
+class PieceDecoder:
+    """The text of one token id as it reads appended to earlier text (``None`` for special tokens), cached.
+
+    Decoding a SentencePiece id alone drops its word-start space (``"▁the"`` -> ``"the"``); decoding it after an
+    anchor token and removing the anchor's text keeps it. Byte-level BPE (SmolLM2, GPT-2) reads the same either
+    way. A token holding part of a multi-byte character decodes to ``"\ufffd"``.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.anchor = list(tokenizer.encode("a", add_special_tokens=False))
+        self.base = tokenizer.decode(self.anchor, clean_up_tokenization_spaces=False)
+        self.special = set(getattr(tokenizer, "all_special_ids", ()))
+        self.cache: dict[int, str | None] = {}
+
+    def __call__(self, token_id: int) -> str | None:
+        token_id = int(token_id)
+        if token_id not in self.cache:
+            if token_id in self.special:
+                text = None
+            else:
+                text = self.tokenizer.decode(self.anchor + [token_id], clean_up_tokenization_spaces=False)
+                text = text[len(self.base):] if text.startswith(self.base) else \
+                    self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+            self.cache[token_id] = text
+        return self.cache[token_id]
+
+    def top_k(self, tokens: Sequence[int], pieces: Sequence[str],
+              rows: Sequence[tuple[Sequence[int], Sequence[float]]]) -> list[tuple[tuple[str, float], ...]]:
+        """Per continuation token ``t``, the (text, logprob) of the ids ``rows[t]`` (special ids dropped).
+
+        A token whose predecessor does not read as its own piece (part of a multi-byte character, a repaired
+        offset) comes after a prefix that may end inside a character: it gets no alternatives.
+        """
+        out = []
+        for t, (ids, lps) in enumerate(rows):
+            if t > 0 and self(tokens[t - 1]) != pieces[t - 1]:
+                out.append(())
+                continue
+            out.append(tuple((text, float(lp)) for i, lp in zip(ids, lps) if (text := self(i)) is not None))
+        return out

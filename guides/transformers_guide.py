@@ -10,7 +10,7 @@ import torch
 from .base import Guide, ScoredText, check_generate_args, check_score_args
 from .config import TransformersOptions
 from .prompting import PromptEncoder
-from .text import scored_text, tokenize_continuation
+from .text import PieceDecoder, scored_text, tokenize_continuation
 
 __all__ = ["TransformersGuide", "resolve_device", "resolve_dtype"]
 
@@ -39,8 +39,11 @@ class TransformersGuide(Guide):
     """``AutoModelForCausalLM`` guide: batched left-padded generation, teacher-forced scoring.
 
     Scoring runs one forward over ``prompt_ids + continuation_ids`` (right-padded batches of
-    ``batch_size``) and reads ``log_softmax(logits[t-1])[id_t]`` for each continuation token.
+    ``batch_size``) and reads ``log_softmax(logits[t-1])[id_t]`` for each continuation token (and with
+    ``top_k`` the ``topk`` of that row, decoded by :class:`PieceDecoder`).
     """
+
+    supports_top_k = True
 
     def __init__(self, options: TransformersOptions):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,6 +68,7 @@ class TransformersGuide(Guide):
         if pad is None:
             raise ValueError(f"tokenizer of {tok_src!r} has neither a pad nor an eos token")
         self.pad_token_id = int(pad)
+        self.pieces = PieceDecoder(self.tokenizer)
         self._calls = 0
 
     # ------------------------------------------------------------------ generation
@@ -110,8 +114,8 @@ class TransformersGuide(Guide):
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
 
     # ------------------------------------------------------------------ scoring
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
-        prompts, continuations = check_score_args(prompts, continuations)
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
+        prompts, continuations = check_score_args(prompts, continuations, top_k)
         self._require_open()
         items = []
         for p, c in zip(prompts, continuations):
@@ -120,10 +124,11 @@ class TransformersGuide(Guide):
         out: list[ScoredText] = []
         bs = self.options.batch_size
         for i in range(0, len(items), bs):
-            out.extend(self._score_batch(items[i : i + bs]))
+            out.extend(self._score_batch(items[i : i + bs], top_k))
         return out
 
-    def _score_batch(self, items: list[tuple[list[int], list[int], list[tuple[int, int]], str]]) -> list[ScoredText]:
+    def _score_batch(self, items: list[tuple[list[int], list[int], list[tuple[int, int]], str]],
+                     top_k: int = 0) -> list[ScoredText]:
         seqs = [p + c for p, c, _, _ in items]
         width = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
@@ -139,12 +144,17 @@ class TransformersGuide(Guide):
         for row, (p_ids, c_ids, spans, text) in enumerate(items):
             n_p, n_c = len(p_ids), len(c_ids)
             if n_c == 0:
-                out.append(scored_text(text, [], []))
+                out.append(scored_text(text, [], [], [] if top_k else None))
                 continue
             step = logits[row, n_p - 1 : n_p + n_c - 1].float().log_softmax(-1)
             target = torch.tensor(c_ids, device=step.device)
             lps = step.gather(-1, target[:, None])[:, 0].cpu().tolist()
-            out.append(scored_text(text, spans, lps))
+            alts = None
+            if top_k:
+                values, ids = step.topk(min(top_k, step.shape[-1]), dim=-1)
+                alts = self.pieces.top_k(c_ids, [text[s:e] for s, e in spans],
+                                         list(zip(ids.cpu().tolist(), values.cpu().tolist())))
+            out.append(scored_text(text, spans, lps, alts))
         return out
 
     # ------------------------------------------------------------------ lifecycle

@@ -3,7 +3,9 @@
 vllm is optional and imported only when this backend is built. Prompts are rendered and tokenized here
 (same :class:`~rl_statetune_guides.prompting.PromptEncoder` as the transformers backend) and sent as token
 ids, so chat templates never get a second BOS from the engine's own tokenization. Scoring reads
-``prompt_logprobs`` at the continuation's token positions.
+``prompt_logprobs`` at the continuation's token positions; with ``top_k`` it asks for ``prompt_logprobs=top_k``
+(at most the engine's ``max_logprobs``, 20 by default: raise it in ``engine_kwargs``) and decodes the ids with
+:class:`~rl_statetune_guides.text.PieceDecoder`, as the transformers backend does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .base import Guide, ScoredText, check_generate_args, check_score_args
 from .config import VLLMOptions
 from .errors import GuideOutputError
 from .prompting import PromptEncoder
-from .text import scored_text, tokenize_continuation
+from .text import PieceDecoder, scored_text, tokenize_continuation
 
 __all__ = ["VLLMGuide", "import_vllm"]
 
@@ -37,6 +39,8 @@ def import_vllm() -> Any:
 
 class VLLMGuide(Guide):
     """Batched generation and prompt-logprob scoring through one ``vllm.LLM``."""
+
+    supports_top_k = True
 
     def __init__(self, options: VLLMOptions):
         vllm = import_vllm()
@@ -58,6 +62,7 @@ class VLLMGuide(Guide):
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.encoder = PromptEncoder(self.tokenizer, options.chat_template, options.system_prompt)
+        self.pieces = PieceDecoder(self.tokenizer)
 
     def generate(self, prompts: Sequence[str], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         prompts = check_generate_args(prompts, max_tokens, temperature)
@@ -71,32 +76,36 @@ class VLLMGuide(Guide):
         outputs = self._run([self.encoder.encode(p) for p in prompts], params)
         return [o.outputs[0].text for o in outputs]
 
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
-        prompts, continuations = check_score_args(prompts, continuations)
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
+        prompts, continuations = check_score_args(prompts, continuations, top_k)
         items = []
         for p, c in zip(prompts, continuations):
             cont_ids, spans = tokenize_continuation(self.tokenizer, c)
             items.append((self.encoder.encode(p), cont_ids, spans, c))
-        # prompt_logprobs=1 returns the actual token's log-prob (plus the top-1) at every prompt position.
-        params = self._SamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=1)
+        # prompt_logprobs=k returns the actual token's log-prob (plus the top-k) at every prompt position.
+        params = self._SamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=max(top_k, 1))
         outputs = self._run([p + c for p, c, _, _ in items], params)
-        return [self._scored(o, *item) for o, item in zip(outputs, items)]
+        return [self._scored(o, *item, top_k=top_k) for o, item in zip(outputs, items)]
 
     def _scored(
-        self, output: Any, p_ids: list[int], c_ids: list[int], spans: list[tuple[int, int]], text: str
+        self, output: Any, p_ids: list[int], c_ids: list[int], spans: list[tuple[int, int]], text: str,
+        top_k: int = 0,
     ) -> ScoredText:
         table = output.prompt_logprobs
         if table is None or len(table) != len(p_ids) + len(c_ids):
             got = None if table is None else len(table)
             raise GuideOutputError(f"vLLM returned {got} prompt logprobs for {len(p_ids) + len(c_ids)} tokens")
-        lps = []
+        lps, rows = [], []
         for k, tok in enumerate(c_ids):
             entry = table[len(p_ids) + k]
             if not entry or tok not in entry:
                 raise GuideOutputError(f"vLLM prompt logprobs lack continuation token {k} (id {tok})")
-            value = entry[tok]
-            lps.append(min(float(getattr(value, "logprob", value)), 0.0))
-        return scored_text(text, spans, lps)
+            values = {int(i): float(getattr(v, "logprob", v)) for i, v in entry.items()}
+            lps.append(min(values[tok], 0.0))
+            best = sorted(values, key=values.__getitem__, reverse=True)[:top_k]
+            rows.append((best, [values[i] for i in best]))
+        alts = self.pieces.top_k(c_ids, [text[s:e] for s, e in spans], rows) if top_k else None
+        return scored_text(text, spans, lps, alts)
 
     def _run(self, token_ids: list[list[int]], params: Any) -> list[Any]:
         if self.llm is None:

@@ -30,7 +30,7 @@ class CharGuide(Guide):
     def generate(self, prompts: Sequence[str], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         return [self.cots.get(p, self.default) for p in prompts]
 
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], top_k: int = 0) -> list[ScoredText]:
         self.score_calls.append((list(prompts), list(continuations)))
         return [ScoredText(c, tuple(c), tuple((i, i + 1) for i in range(len(c))),
                            tuple(char_logprob(ch) for ch in c)) for c in continuations]
@@ -48,5 +48,5 @@ class CrashingGuide(Guide):
             raise RuntimeError("guide went away")
         return self.inner.generate(prompts, max_tokens, temperature)
 
-    def score(self, prompts, continuations):
-        return self.inner.score(prompts, continuations)
+    def score(self, prompts, continuations, top_k=0):
+        return self.inner.score(prompts, continuations, top_k)

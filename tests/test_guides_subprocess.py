@@ -54,3 +54,26 @@ def test_missing_python_and_bad_inner_config_fail_clearly(inner, monkeypatch):
     with pytest.raises(ValueError, match="path"):
         build_guide({"backend": "subprocess", "options": {"python": sys.executable,
                                                           "guide": {"backend": "dataset", "options": {}}}})
+
+
+def test_subprocess_guide_forwards_top_k(smollm2_dir):
+    """A transformers guide in the child: score(top_k=k) comes back with the same alternatives as in-process."""
+    import torch
+
+    torch.set_num_threads(1)
+    inner = {"backend": "transformers", "options": {"model": str(smollm2_dir), "dtype": "float32", "num_threads": 1}}
+    here = build_guide(inner)
+    there = build_guide({"backend": "subprocess", "options": {"python": sys.executable, "guide": inner}})
+    try:
+        assert there.supports_top_k
+        prompts, conts = ["What is 2+3?"], [" 2 + 3 = 5. Red 日本語"]
+        got, want = there.score(prompts, conts, top_k=5)[0], here.score(prompts, conts, top_k=5)[0]
+        assert got.pieces == want.pieces and got.top_k is not None and len(got.top_k) == len(want)
+        assert [[p for p, _ in a] for a in got.top_k] == [[p for p, _ in a] for a in want.top_k]
+        assert sum(map(len, got.top_k)) >= 3 * len(got)   # none after a partial multi-byte token
+        for a, b in zip(got.top_k, want.top_k):
+            torch.testing.assert_close(torch.tensor([v for _, v in a]), torch.tensor([v for _, v in b]), atol=1e-5, rtol=0)
+        assert there.score(prompts, conts)[0].top_k is None
+    finally:
+        there.close()
+        here.close()

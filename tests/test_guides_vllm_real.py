@@ -110,3 +110,31 @@ def test_ray_job_rl_run_with_a_vllm_guide_actor(smollm2_dir: Path, tiny_world_ck
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and lines[-1]["guide_tokens_per_s"] > 0
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
     assert (out / "state.pth").exists() and (out / "state.safetensors").exists()
+
+
+@pytest.mark.vllm
+def test_vllm_topk_matches_transformers(smollm2_dir: Path) -> None:
+    """score(top_k=5) through a subprocess vLLM guide: the same alternatives and log-probs as transformers."""
+    python = _vllm_python()
+    if python is None:
+        pytest.skip("vllm is not importable here and RL_STATETUNE_VLLM_PYTHON is unset (scripts/make_vllm_env.sh)")
+    inner = {"backend": "vllm", "options": {"model": str(smollm2_dir), "dtype": "float32", "gpu_memory_utilization": 0.4,
+                                            "max_model_len": 1024, "enforce_eager": True, "seed": 0}}
+    vg = build_guide({"backend": "subprocess", "options": {"python": python, "guide": inner, "start_timeout_s": 900}})
+    try:
+        assert vg.supports_top_k
+        got = vg.score(PROMPTS, CONTINUATIONS, top_k=5)
+    finally:
+        vg.close()
+    hf = build_guide({"backend": "transformers", "options": {"model": str(smollm2_dir), "dtype": "float32"}})
+    try:
+        want = hf.score(PROMPTS, CONTINUATIONS, top_k=5)
+    finally:
+        hf.close()
+    for g, w in zip(got, want, strict=True):
+        assert g.offsets == w.offsets and g.top_k is not None and len(g.top_k) == len(w.top_k)
+        for a, b in zip(g.top_k, w.top_k):
+            assert {p for p, _ in a[:3]} <= {p for p, _ in b} and len(a) == len(b)   # ties may reorder the tail
+            lp_b = {p: v for p, v in b if "\ufffd" not in p}   # byte tokens all read "\ufffd": not comparable by text
+            torch.testing.assert_close(torch.tensor([v for p, v in a if p in lp_b]),
+                                       torch.tensor([lp_b[p] for p, _ in a if p in lp_b]), atol=1e-4, rtol=0)

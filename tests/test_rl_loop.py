@@ -93,8 +93,8 @@ class TimedGuide(Guide):
         self.starts.append(time.monotonic())
         return self.inner.generate(prompts, max_tokens, temperature)
 
-    def score(self, prompts, continuations):
-        return self.inner.score(prompts, continuations)
+    def score(self, prompts, continuations, top_k=0):
+        return self.inner.score(prompts, continuations, top_k)
 
 
 def test_the_guide_writes_the_next_batch_while_the_learner_trains(tiny_world_ckpt, tmp_path, monkeypatch):

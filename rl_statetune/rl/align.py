@@ -49,6 +49,31 @@ def attribute(scored: ScoredText, spans: Sequence[tuple[int, int]], shift: int =
     return lp, hit
 
 
+def _char_class(c: str) -> str:
+    return "space" if c.isspace() else "letter" if c.isalpha() else "digit" if c.isdigit() else "symbol"
+
+
+def top_k_logprob(scored: ScoredText, char_pos: int, text: str) -> float | None:
+    """The guide's log-probability of the one-token continuation ``text`` at character ``char_pos`` of
+    ``scored.text``, read from its top-k: only where a guide token starts exactly at ``char_pos`` and ``text`` is
+    one of that token's alternatives, character for character. ``None`` otherwise (ask the guide instead).
+
+    Also ``None`` where the character before ``char_pos`` and the first of ``text`` would fall in one pre-token
+    (both letters, digits or symbols, or after whitespace): the exact query re-tokenises prefix + text, and there
+    the guide may merge them into one token ("average" + "speed", "\n" + "\n"), a value the top-k cannot give.
+    """
+    if scored.top_k is None or not text or "\ufffd" in text or not 0 <= char_pos < len(scored.text):
+        return None
+    if char_pos > 0:
+        prev = scored.text[char_pos - 1]
+        if prev.isspace() or _char_class(prev) == _char_class(text[0]):
+            return None
+    i = scored.token_index_at(char_pos)          # the non-empty token holding char_pos
+    if scored.offsets[i][0] != char_pos:
+        return None
+    return next((lp for piece, lp in scored.top_k[i] if piece == text), None)
+
+
 @dataclass(frozen=True)
 class TextQuery:
     """The guide's log-probability of ``text`` written right after ``prefix`` (a prefix of the CoT).

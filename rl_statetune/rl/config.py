@@ -81,6 +81,11 @@ class RewardConfig(Section):
     # guide_logprob / reverse_kl: CoT positions per step whose sampled actions the guide scores (a random subset;
     # None = all). Each scored action is one guide query of prompt + CoT prefix + action, so this caps guide work.
     scored_positions: int | None = Field(None, gt=0)
+    # guide_logprob / reverse_kl: the guide scores its own CoT with its top-k next tokens at every position; an
+    # action whose text is one of them, at a position where guide and learner tokens start together, is read from
+    # there instead of costing a query (0 = off: every action other than the guide's own token is a query).
+    # vLLM caps k at its max_logprobs (20 unless raised in engine_kwargs).
+    guide_top_k: int = Field(20, ge=0)
 
 
 class PGConfig(Section):

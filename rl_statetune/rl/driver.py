@@ -82,7 +82,7 @@ class LocalExecutor:
         self.learner = Learner(model, tok, cfg, self.guide if cfg.reward.kind in GUIDE_SCORED_REWARDS else None,
                                seed=cfg.train.seed, tunable=tunable)
         self.source = CotSource(self.guide, train, cfg.guide.cot, cfg.train.batch_size, cfg.train.seed, tok,
-                                score=cfg.reward.kind in NEEDS_COT_SCORES)
+                                score=cfg.reward.kind in NEEDS_COT_SCORES, top_k=cfg.reward.guide_top_k)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="cot-prefetch")
         self.pending: dict[int, Future] = {}
 

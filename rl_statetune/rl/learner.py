@@ -9,6 +9,8 @@ position, rewarded against the guide, and the policy-gradient surrogate is backp
 from __future__ import annotations
 
 import time
+from collections import Counter
+
 import torch
 from rl_statetune_guides import Guide
 
@@ -29,6 +31,10 @@ from rl_statetune.run.setup import AllReduce, guarded_step, lr_at, make_optimize
 from rl_statetune.state import TimeState
 
 GUIDE_SCORED_REWARDS = ("guide_logprob", "reverse_kl", "multistep")
+# per-step counts of the reward's guide work (summed over learners): calls, queries and guide tokens of the reward's
+# score calls; actions resolved from the guide's own token, from its top-k, by an exact query; CoT tokens scored
+REWARD_COUNTS = ("reward_guide_calls", "reward_guide_queries", "reward_guide_tokens", "reward_actions_own",
+                 "reward_actions_top_k", "reward_actions_exact", "cot_guide_tokens")
 
 
 class Learner:
@@ -46,6 +52,7 @@ class Learner:
         self.opt = make_optimizer(self.state, cfg)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.baseline = EmaBaseline(cfg.pg.ema_decay)
+        self.resolved: Counter = Counter()   # how the step's actions got their guide log-prob (own / top_k / exact)
 
     def penalty(self) -> torch.Tensor:
         """``pg.l2`` on the states (S0 and S~0): both start at zero, the frozen model."""
@@ -88,7 +95,8 @@ class Learner:
         rows_list = None if rows is None else rows.tolist()
         if kind == "match":
             return match_reward(a, batch.targets if rows is None else batch.targets[rows.cpu()])
-        g = guide_logprobs_of_actions(self.guide, batch, a, self.tok, self.cfg.reward.floor_logprob, rows_list)
+        g = guide_logprobs_of_actions(self.guide, batch, a, self.tok, self.cfg.reward.floor_logprob, rows_list,
+                                      self.resolved)
         if kind == "guide_logprob":
             return guide_logprob_reward(g)
         if kind == "reverse_kl":
@@ -160,10 +168,16 @@ class Learner:
         lr = lr_at(step, total_steps, self.cfg.optim)
         set_lr(self.opt, lr)
         stepped = guarded_step(self.state, self.opt, float(loss.detach()), self.cfg, step, allreduce)
-        calls = self.guide.take() if self.guide is not None else {"guide_calls": 0, "guide_queries": 0}
+        calls = self.guide.take() if self.guide is not None else {"guide_calls": 0, "guide_queries": 0,
+                                                                  "guide_tokens": 0}
+        resolved, self.resolved = self.resolved, Counter()
         metrics.update(loss=float(loss.detach()), lr=lr, tokens=batch.n_tokens, learner_s=time.perf_counter() - t0,
                        skipped=int(not stepped), reward_guide_calls=calls["guide_calls"],
-                       reward_guide_queries=calls["guide_queries"], **state_norms(self.state))
+                       reward_guide_queries=calls["guide_queries"], reward_guide_tokens=calls["guide_tokens"],
+                       reward_actions_own=resolved["own"], reward_actions_top_k=resolved["top_k"],
+                       reward_actions_exact=resolved["exact"],
+                       cot_guide_tokens=sum(len(it.scored) for it in items if it.scored is not None),
+                       **state_norms(self.state))
         return metrics
 
     def checkpoint(self) -> dict:

@@ -23,6 +23,7 @@ from rl_statetune_guides import GuideConfig
 
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.guides import resolve_guide_config
+from rl_statetune.rl.learner import REWARD_COUNTS
 from rl_statetune.rl.workers import CotProducer, LearnerWorker
 
 log = logging.getLogger("rl_statetune.rl.ray")
@@ -185,8 +186,7 @@ class RayExecutor:
         out.update({k: ms[0][k] for k in ("lr", "state_norm", "lifted_norm", "decor_loss") if k in ms[0]},
                    tokens=sum(m["tokens"] for m in ms), learner_s=max(m["learner_s"] for m in ms),
                    wait_s=max(m["wait_s"] for m in ms), skipped=ms[0]["skipped"],
-                   reward_guide_calls=sum(m["reward_guide_calls"] for m in ms),
-                   reward_guide_queries=sum(m["reward_guide_queries"] for m in ms))
+                   **{k: sum(m[k] for m in ms) for k in REWARD_COUNTS})
         return out
 
     def stats(self) -> dict:

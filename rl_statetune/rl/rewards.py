@@ -14,12 +14,13 @@ learner. All rewards are ``[P, G]`` tensors:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 from rl_statetune_guides import Guide
 
-from rl_statetune.rl.align import TextQuery, score_texts
+from rl_statetune.rl.align import TextQuery, score_texts, top_k_logprob
 from rl_statetune.rl.cot import CotBatch, CotItem
 
 
@@ -29,13 +30,17 @@ def match_reward(actions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def guide_logprobs_of_actions(guide: Guide, batch: CotBatch, actions: torch.Tensor, tokenizer,
-                              floor: float, rows: Sequence[int] | None = None) -> torch.Tensor:
+                              floor: float, rows: Sequence[int] | None = None,
+                              counts: Counter | None = None) -> torch.Tensor:
     """[R, G] guide log-probabilities of the learner's actions ``actions[R, G]`` at the CoT positions ``rows``
     (indices into ``batch.positions()``; default all P of them, in order).
 
     An action equal to the guide's own token takes the log-probability attributed from the guide's scoring of
-    its CoT (no extra call); every other action is scored as text appended to the CoT prefix, all of them in
-    one batched ``guide.score`` call.
+    its CoT (no extra call). Otherwise, where the CoT was scored with top-k (``ScoredText.top_k``), a guide token
+    starts where the learner's token does and the action's text is one of its alternatives, the action takes that
+    alternative's log-probability (no extra call). Every other action is scored as text appended to the CoT
+    prefix, all of them in one batched ``guide.score`` call. ``counts`` (if given) adds up the actions resolved
+    each way: ``own``, ``top_k`` and ``exact``.
     """
     positions = batch.positions()
     rows = list(range(len(positions))) if rows is None else list(rows)
@@ -46,17 +51,24 @@ def guide_logprobs_of_actions(guide: Guide, batch: CotBatch, actions: torch.Tens
     known_ok = batch.guide_scored[batch.mask]
     out = torch.empty(actions.shape, dtype=torch.float32)
     queries, where = [], []
+    counts = Counter() if counts is None else counts
     for i, p in enumerate(rows):
         b, j = positions[p]
         item = batch.items[b]
-        prefix = item.cot[: batch.spans[b][j][0]]
+        start = batch.spans[b][j][0]
         for g in range(actions.shape[1]):
             a = int(actions[i, g])
             if a == int(targets[p]) and bool(known_ok[p]):
-                out[i, g] = float(known[p])
+                out[i, g], counts["own"] = float(known[p]), counts["own"] + 1
+                continue
+            text = tokenizer.decode([a])
+            lp = None if item.scored is None else top_k_logprob(item.scored, start - len(item.join), text)
+            if lp is not None:
+                out[i, g], counts["top_k"] = lp, counts["top_k"] + 1
             else:
-                queries.append(TextQuery(item.guide_prompt, prefix, tokenizer.decode([a]), item.join))
+                queries.append(TextQuery(item.guide_prompt, item.cot[:start], text, item.join))
                 where.append((i, g))
+    counts["exact"] += len(queries)
     for (i, g), v in zip(where, score_texts(guide, queries, floor)):
         out[i, g] = v
     return out

@@ -31,23 +31,27 @@ class GuideStats:
 
 
 class CountingGuide(Guide):
-    """Forwards to ``inner``, counting calls and queries (prompts) until the next :meth:`take`."""
+    """Forwards to ``inner``, counting calls, queries (prompts) and scored guide tokens until the next
+    :meth:`take`."""
 
     def __init__(self, inner: Guide):
-        self.inner, self.calls, self.queries = inner, 0, 0
+        self.inner, self.calls, self.queries, self.tokens = inner, 0, 0, 0
         self.supports_scoring = getattr(inner, "supports_scoring", True)
+        self.supports_top_k = getattr(inner, "supports_top_k", False)
 
     def generate(self, prompts, max_tokens: int = 256, temperature: float = 0.0):
         self.calls, self.queries = self.calls + 1, self.queries + len(prompts)
         return self.inner.generate(prompts, max_tokens, temperature)
 
-    def score(self, prompts, continuations):
+    def score(self, prompts, continuations, top_k: int = 0):
         self.calls, self.queries = self.calls + 1, self.queries + len(prompts)
-        return self.inner.score(prompts, continuations)
+        out = self.inner.score(prompts, continuations, top_k)
+        self.tokens += sum(len(s) for s in out)
+        return out
 
     def take(self) -> dict[str, int]:
-        out = {"guide_calls": self.calls, "guide_queries": self.queries}
-        self.calls = self.queries = 0
+        out = {"guide_calls": self.calls, "guide_queries": self.queries, "guide_tokens": self.tokens}
+        self.calls = self.queries = self.tokens = 0
         return out
 
     def close(self) -> None:
@@ -58,10 +62,11 @@ class CotSource:
     """``batch(i)`` asks the guide for the CoTs of the i-th batch of task prompts."""
 
     def __init__(self, guide: Guide, examples: list[Example], section: CotText, batch_size: int,
-                 seed: int, tokenizer, score: bool = False):
+                 seed: int, tokenizer, score: bool = False, top_k: int = 0):
         if not examples:
             raise ValueError("no task examples to ask the guide about")
         self.guide, self.examples, self.section, self.tok, self.score = guide, examples, section, tokenizer, score
+        self.top_k = top_k
         self.order = BatchOrder(len(examples), min(batch_size, len(examples)), seed)
         self.stats = GuideStats()
 
@@ -70,13 +75,13 @@ class CotSource:
 
     def batch(self, i: int) -> list[CotItem]:
         """The CoT items of batch ``i``: one batched generate call, and one score call when the reward needs the
-        guide's scores of its own text."""
+        guide's scores of its own text (with its top-k next tokens at each position when ``top_k``)."""
         exs = self.examples_for(i)
         prompts = [guide_prompt(e.prompt, self.section) for e in exs]
         t0 = time.perf_counter()
         texts = [clean_guide_text(t, self.section)
                  for t in self.guide.generate(prompts, self.section.max_tokens, self.section.temperature)]
-        scored = self.guide.score(prompts, texts) if self.score else None
+        scored = self.guide.score(prompts, texts, self.top_k) if self.score else None
         self.stats.seconds += time.perf_counter() - t0
         self.stats.tokens += sum(len(self.tok.encode(t)) for t in texts)
         self.stats.batches += 1

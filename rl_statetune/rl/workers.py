@@ -39,7 +39,8 @@ class CotProducer:
         tok = WorldTokenizer()
         score = self.cfg.reward.kind in NEEDS_COT_SCORES
         self.sources = [CotSource(RemoteGuide(h, guide_timeout_s), train, self.cfg.guide.cot,
-                                  self.cfg.train.batch_size, self.cfg.train.seed, tok, score)
+                                  self.cfg.train.batch_size, self.cfg.train.seed, tok, score,
+                                  self.cfg.reward.guide_top_k)
                         for h in guide_handles]
         self.queues = queues
         self.put_wait_s = 0.0
