@@ -4,7 +4,7 @@ Each arm runs the real trainer (``rl_statetune.trainer.tune``) on the same confi
 teach the "#### N" answer format) and is scored on the same held-out problems by greedy generation. Reports
 held-out accuracy, final training loss, wall time and the size of the tuned artifact.
 
-    python benchmarks/ablation.py                                  # configs/quickstart.yaml, M = 2N
+    python benchmarks/ablation.py                                  # configs/answer_format.yaml, M = 2N
     python benchmarks/ablation.py --set train.steps=30 --set data.eval_size=32
 """
 
@@ -26,7 +26,7 @@ from rl_statetune.trainer import tune
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--config", default="configs/answer_format.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--feature-map", default="rbf")
     ap.add_argument("--mult", type=int, default=2, help="M = mult * head size")

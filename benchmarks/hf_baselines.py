@@ -10,7 +10,7 @@ through the same wrapper (RWKV7ForCausalLM) and TRL trainers:
   guided-rl       the project's guided single-step alignment RL on the plain state (rl_statetune.rl, one
                   process): the task's own rationales as the guide, token-match reward, 8 samples per position
 
-    OMP_NUM_THREADS=1 python benchmarks/hf_baselines.py --config configs/quickstart.yaml --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/hf_baselines.py --config configs/answer_format.yaml --seeds 0 1 2
     [--methods state lora-matched ...] [--set train.steps=30] [--json out.json]
 
 Prints one row per method: tuned parameters, artefact size, held-out accuracy mean +- std over the seeds (and
@@ -88,7 +88,7 @@ def run(method: str, cfg, out: str, lora_lr: float, generations: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--config", default="configs/answer_format.yaml")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

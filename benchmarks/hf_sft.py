@@ -1,7 +1,7 @@
 """Supervised state tuning: our loop (``rl_statetune.trainer.tune``) against TRL's ``SFTTrainer``
 (``rl_statetune.hf.sft``), same config, one after the other in this process, printed as a table.
 
-    OMP_NUM_THREADS=1 python benchmarks/hf_sft.py --config configs/quickstart.yaml [--seeds 0 1 2] [--fused]
+    OMP_NUM_THREADS=1 python benchmarks/hf_sft.py --config configs/answer_format.yaml [--seeds 0 1 2] [--fused]
 
 ``--fused`` adds TRL's stock loss (its fused LM head), which on CPU scores every position over the whole
 vocabulary. Measure on an idle machine: other jobs on the cores change every speed figure.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--config", default="configs/answer_format.yaml")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--fused", action="store_true", help="also run TRL's own fused-LM-head loss")

@@ -4,7 +4,7 @@
     python scripts/measure_reasoning.py --model embedded:reason --mode reason          # frozen, 'Mode: reason'
     python scripts/measure_reasoning.py --model embedded:reason --state runs/reasoning/state.pth   # tuned
 
-The held-out problems are the ones ``configs/reasoning.yaml`` scores (``data.load_examples``), prompted with no
+The held-out problems are the ones ``configs/quickstart.yaml`` scores (``data.load_examples``), prompted with no
 header unless ``--mode`` names one. Greedy decoding up to the first newline, as the trainer's held-out accuracy.
 Prints one JSON line.
 """
@@ -51,7 +51,7 @@ def measure(model, tok, examples, tunable=None, mode: str | None = None, max_new
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/reasoning.yaml", help="the held-out set comes from its data section")
+    ap.add_argument("--config", default="configs/quickstart.yaml", help="the held-out set comes from its data section")
     ap.add_argument("--model", default=None, help="default: the config's model.path")
     ap.add_argument("--state", default=None, help="a tuned state file (.pth / .safetensors)")
     ap.add_argument("--mode", choices=["direct", "reason"], default=None, help="prepend this mode header")

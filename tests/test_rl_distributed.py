@@ -142,11 +142,12 @@ def test_unplaceable_run_fails_fast(local_ray, tiny_world_ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_guide_two_learners_reward_rises(local_ray, smollm2_dir, tmp_path):
-    """configs/rl_cpu_demo.yaml: SmolLM2-135M-Instruct (transformers) in a guide actor, two learners tune the
-    embedded model. The prompt pool is one global batch, so every step rewards the same CoTs: the reward rises."""
+    """configs/rl_cpu_demo.yaml with SmolLM2-135M-Instruct (transformers) in the guide actor, two learners tune
+    the embedded state. The prompt pool is one global batch, so every step rewards the same CoTs: the reward rises."""
     from rl_statetune.rl.config import load_rl_config
     cfg = load_rl_config(REPO / "configs/rl_cpu_demo.yaml", [
-        f"guide.options.model={smollm2_dir}", f"train.out_dir={tmp_path}", "train.eval=false",
+        "guide.config=configs/guides/smollm2_transformers.yaml", f"guide.options.model={smollm2_dir}",
+        "guide.options.num_threads=1", "data.train_size=16", "guide.cot.max_tokens=32", f"train.out_dir={tmp_path}", "train.eval=false",
         "train.steps=10", "distributed.guide_timeout_s=900"])
     res = run_rl(cfg, ray=True, progress=False)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

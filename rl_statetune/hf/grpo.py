@@ -1,6 +1,6 @@
 """Outcome-reward baseline: TRL's ``GRPOTrainer`` on the tuned state, reward = answer correctness, no guide.
 
-    python -m rl_statetune.hf.grpo --config configs/quickstart.yaml [--generations 4] [--set train.steps=30]
+    python -m rl_statetune.hf.grpo --config configs/answer_format.yaml [--generations 4] [--set train.steps=30]
 
 The policy is ``RWKV7ForCausalLM`` with a zero ``TimeState`` attached (the only trainable tensor). Each step
 samples ``--generations`` completions per prompt (temperature ``--temperature``, ``max_completion_length`` =

@@ -1,6 +1,6 @@
 """Supervised state tuning through TRL's ``SFTTrainer`` (accelerate underneath).
 
-    python -m rl_statetune.hf.sft --config configs/quickstart.yaml [--set train.steps=30] [--out DIR]
+    python -m rl_statetune.hf.sft --config configs/answer_format.yaml [--set train.steps=30] [--out DIR]
     accelerate launch --multi_gpu --num_processes 2 -m rl_statetune.hf.sft --config ...   # data-parallel
     (without GPUs ``--multi_gpu`` starts torchrun processes that accelerate runs as MULTI_CPU over gloo;
     ``--cpu`` would start one process)
