@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Guide swapping and tunable ablation under RL: the same run once per (guide, tunables, seed), one table.
 
-    python benchmarks/guide_swap.py --config configs/rl_cpu_demo.yaml \
-        --guide smollm2=configs/guides/smollm2_transformers.yaml --guide rationales=task_rationales \
-        --set guide.options.model=models/smollm2-135m-instruct --seeds 0 1
+    python benchmarks/guide_swap.py --config configs/rl_cpu_demo.yaml --seeds 0 1 \
+        --guide rationales=task_rationales --guide task-guide=configs/guides/task_guide_vllm.yaml \
+        --guide smollm2=configs/guides/smollm2_vllm_subprocess.yaml
+    python benchmarks/guide_swap.py --guide rationales=task_rationales --tunables state upscaled upscaled+dbp \
+        --supervised --seeds 0 1
 
 Each guide is a guide YAML or ``task_rationales`` (the task's own reference solutions, served by the dataset
 backend). ``--tunables`` picks among ``state`` (S0 only), ``upscaled`` (S0 + S~0 + R) and ``upscaled+dbp``;
@@ -11,8 +13,10 @@ by default the config's own. ``--supervised`` adds, per guide, a supervised ``tu
 with the same step budget (the CoTs are collected once, then tuned on like task targets). Everything else
 (model, data, reward, steps) is shared. Runs go to ``OUT_DIR/<name>`` (replaced if present) and use Ray
 unless ``--single-process``. Columns, as mean over seeds (and the spread where > 1 seed): reward (first ->
-last window), held-out accuracy before -> after, guide and learner throughput in RWKV tokens/s, the share of
-wall time the learners waited for the guide, and wall time.
+last window), held-out accuracy before -> after, generated tokens per held-out answer, guide and learner
+throughput in RWKV tokens/s, the mean depth of the learners' CoT queues (Ray), how long the learners waited for
+the first batch (the guide's start-up), the share of the step loop they waited after it
+(``driver.steady_idle_share``), and wall time.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import sys
 from pathlib import Path
 
 from rl_statetune.rl.config import RLConfig, load_rl_config
-from rl_statetune.rl.driver import RLResult, run_rl
+from rl_statetune.rl.driver import RLResult, run_rl, steady_idle_share
 
 TUNABLES = {
     "state": {"upscale": {"enabled": False}, "dbp": {"enabled": False}},
@@ -81,7 +85,8 @@ def supervised_on_cots(cfg: RLConfig, name: str) -> RLResult:
         "train": {**d["train"], "out_dir": str(out / "tune")}})
     res = tune(tcfg, progress=False, overwrite=True)
     return RLResult(str(out), res.steps, float("nan"), float("nan"), [], res.acc_before, res.acc_after,
-                    float("nan"), float("nan"), guide_s, res.seconds + guide_s)
+                    float("nan"), float("nan"), guide_s, res.seconds + guide_s, tokens_before=res.tokens_before,
+                    tokens_after=res.tokens_after)
 
 
 def fmt(xs: list[float], spec: str = ".3f") -> str:
@@ -93,15 +98,17 @@ def fmt(xs: list[float], spec: str = ".3f") -> str:
 
 
 def table(rows: list[tuple[str, list[RLResult]]]) -> str:
-    head = ["run", "seeds", "reward first -> last", "held-out acc before -> after", "guide tok/s", "learner tok/s",
-            "learners waited", "wall s"]
+    head = ["run", "seeds", "reward first -> last", "held-out acc before -> after", "tokens/answer",
+            "guide tok/s", "learner tok/s", "queue depth", "waited (first batch)", "idle after", "wall s"]
     lines = [head]
     for name, rs in rows:
         lines.append([name, str(len(rs)),
                       f"{fmt([r.reward_first for r in rs], '.4f')} -> {fmt([r.reward_last for r in rs], '.4f')}",
                       f"{fmt([r.acc_before for r in rs])} -> {fmt([r.acc_after for r in rs])}",
+                      f"{fmt([r.tokens_before for r in rs], '.1f')} -> {fmt([r.tokens_after for r in rs], '.1f')}",
                       fmt([r.guide_tokens_per_s for r in rs], ".1f"), fmt([r.learner_tokens_per_s for r in rs], ".1f"),
-                      fmt([100 * r.learner_wait_s / r.seconds for r in rs if r.seconds], ".0f") + " %",
+                      fmt([r.queue_depth for r in rs], ".1f"), fmt([r.first_wait_s for r in rs], ".0f") + " s",
+                      fmt([100 * steady_idle_share(r) for r in rs], ".1f") + " %",
                       fmt([r.seconds for r in rs], ".0f")])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in lines]
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/rl_cpu_demo.yaml")
     ap.add_argument("--guide", action="append", metavar="NAME=SPEC",
-                    help="NAME=path/to/guide.yaml or NAME=task_rationales (repeat; default: smollm2 vs rationales)")
+                    help="NAME=path/to/guide.yaml or NAME=task_rationales (repeat; default: the docstring's three)")
     ap.add_argument("--tunables", nargs="+", choices=list(TUNABLES), default=None,
                     help="tunable variants to compare under RL (default: the config's own)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -122,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single-process", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    specs = args.guide or ["smollm2=configs/guides/smollm2_transformers.yaml", "rationales=task_rationales"]
+    specs = args.guide or ["rationales=task_rationales", "task-guide=configs/guides/task_guide_vllm.yaml",
+                           "smollm2=configs/guides/smollm2_vllm_subprocess.yaml"]
     base = load_rl_config(args.config, args.set)
     rows: list[tuple[str, list[RLResult]]] = []
     for item in specs:

@@ -115,3 +115,41 @@ def test_the_guide_writes_the_next_batch_while_the_learner_trains(tiny_world_ckp
     run_rl(cfg, progress=False, guide=guide)
     assert len(guide.starts) == 4 and len(ends) == 4
     assert all(guide.starts[t + 1] < ends[t] for t in range(3)), (guide.starts, ends)
+
+
+class StartupGuide(TimedGuide):
+    """A guide whose first call takes ``startup`` seconds longer (an engine warming up), later calls ``each``."""
+
+    def __init__(self, inner: Guide, startup: float, each: float):
+        super().__init__(inner)
+        self.startup, self.each = startup, each
+
+    def generate(self, prompts, max_tokens=256, temperature=0.0):
+        time.sleep(self.each + (self.startup if not self.starts else 0.0))
+        return super().generate(prompts, max_tokens, temperature)
+
+
+def test_the_guide_start_up_is_told_apart_from_the_steady_idle_share(tiny_world_ckpt, tmp_path, monkeypatch):
+    """A 1.5 s first call and 0.3 s calls against learner steps of at least 0.1 s: the first wait holds the
+    start-up; after it the learners still wait for part of each step (the prefetch overlaps the rest), and the
+    steady share is far below the whole run's."""
+    from rl_statetune.rl.driver import steady_idle_share
+    from rl_statetune.rl.learner import Learner
+
+    real = Learner.train_step
+
+    def step_of_a_tenth(self, *a, **k):
+        t0 = time.monotonic()
+        m = real(self, *a, **k)
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+        return m
+
+    monkeypatch.setattr(Learner, "train_step", step_of_a_tenth)
+    cfg = small_cfg(tiny_world_ckpt, tmp_path, "match", steps=6)
+    guide = StartupGuide(build_guide(resolve_guide_config(cfg.guide, cfg.data, tmp_path)), 1.5, 0.3)
+    res = run_rl(cfg, progress=False, guide=guide)
+    assert 1.7 <= res.first_wait_s <= 2.5, res
+    assert res.learner_wait_s > res.first_wait_s + 5 * 0.05, res
+    assert 0.15 <= steady_idle_share(res) <= 0.8, res
+    assert steady_idle_share(res) < res.learner_wait_s / res.loop_s - 0.2, res
+    assert res.loop_s >= res.first_wait_s + 5 * 0.3

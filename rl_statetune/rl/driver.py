@@ -45,6 +45,11 @@ class RLResult:
     learner_tokens_per_s: float = float("nan")
     learner_wait_s: float = 0.0
     seconds: float = 0.0
+    # the first step's wait holds the guide's start-up (a vLLM engine: minutes on CPU) and first batch; the
+    # steady-state idle share is (learner_wait_s - first_wait_s) / (loop_s - first_wait_s)
+    first_wait_s: float = 0.0
+    loop_s: float = 0.0                   # wall time of the step loop (no held-out evaluation)
+    queue_depth: float = float("nan")     # CoT batches waiting in the learners' queues, mean over logged steps (Ray)
     tokens_before: float = float("nan")   # mean generated tokens per held-out answer (test-time compute)
     tokens_after: float = float("nan")
 
@@ -146,21 +151,25 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
     else:
         ex = LocalExecutor(cfg, model, tok, train, tunable, run.path, guide)
     steps = cfg.train.steps
-    learner_s = wait_s = 0.0
-    tokens = 0
+    learner_s = wait_s = first_wait_s = 0.0
+    tokens, depths = 0, []
+    t_loop = time.time()
     try:
         ex.start(start, steps, saved)
         with run.metrics() as metrics, stop_on_signals() as stop:
             for step in tqdm(range(start, steps), initial=start, total=steps, desc="rl", disable=not progress):
                 m = ex.step(step, steps)
                 learner_s += m.pop("learner_s")
-                wait_s += m.pop("wait_s")
+                waited = m.pop("wait_s")
+                wait_s += waited
+                first_wait_s = waited if step == start else first_wait_s
                 tokens += m["tokens"]
                 rewards.append(m["reward"])
                 if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                     rec = {"step": step + 1, **m, **ex.stats(), "tokens": tokens,
                            "learner_tokens_per_s": tokens / max(learner_s, 1e-9), "learner_wait_s": wait_s}
                     metrics.write(rec)
+                    depths += [rec["queue_size"]] if "queue_size" in rec else []
                     log.info("step %d reward %.4f loss %.4f guide %.0f tok/s learner %.0f tok/s waited %.1f s",
                              step + 1, m["reward"], m["loss"], rec["guide_tokens_per_s"],
                              rec["learner_tokens_per_s"], wait_s)
@@ -169,6 +178,7 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
                                                      "tokens_before": before.mean_tokens, "rewards": rewards})
                 if stop and step + 1 < steps:
                     raise Interrupted(stop.signum, step + 1, run.path)
+        loop_s = time.time() - t_loop
         final = ex.final()
         guide_rate = ex.stats()["guide_tokens_per_s"]
     finally:
@@ -177,9 +187,11 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
     save_tuned(run.path, tunable, cfg, model, {"steps": steps})
     first, last = window_means(rewards, max(3, cfg.train.log_every))
     after = run_held_out(cfg, model, tok, held, tunable)
+    depth = sum(depths) / len(depths) if depths else float("nan")
     res = RLResult(str(run.path), steps, first, last, rewards, before.accuracy, after.accuracy, guide_rate,
-                   tokens / max(learner_s, 1e-9), wait_s, time.time() - t_start, before.mean_tokens,
-                   after.mean_tokens)
+                   tokens / max(learner_s, 1e-9), wait_s, time.time() - t_start, first_wait_s=first_wait_s,
+                   loop_s=loop_s, queue_depth=depth, tokens_before=before.mean_tokens,
+                   tokens_after=after.mean_tokens)
     run.write_result(asdict(res))
     return res
 
@@ -191,7 +203,14 @@ def summary(res: RLResult, evaluated: bool) -> str:
     rate = "n/a" if math.isnan(res.guide_tokens_per_s) else f"{res.guide_tokens_per_s:.1f}"
     return (f"reward {res.reward_first:.4f} -> {res.reward_last:.4f} over {res.steps} steps; {acc}\n"
             f"guide {rate} tok/s, learner {res.learner_tokens_per_s:.1f} tok/s, learner waited "
-            f"{res.learner_wait_s:.1f} s, {res.seconds:.0f} s in all")
+            f"{res.learner_wait_s:.1f} s ({res.first_wait_s:.1f} s of it for the first batch: guide start-up), "
+            f"idle share after it {100 * steady_idle_share(res):.1f} %, {res.seconds:.0f} s in all")
 
 
-__all__ = ["Executor", "LocalExecutor", "RLResult", "run_rl", "summary", "window_means"]
+def steady_idle_share(res: RLResult) -> float:
+    """Share of the step loop the learners waited for CoTs, after the first batch (guide start-up) arrived."""
+    busy = res.loop_s - res.first_wait_s
+    return (res.learner_wait_s - res.first_wait_s) / busy if busy > 0 else float("nan")
+
+
+__all__ = ["Executor", "LocalExecutor", "RLResult", "run_rl", "steady_idle_share", "summary", "window_means"]
