@@ -29,7 +29,8 @@ def cfg(tmp_path: Path) -> GuideConfig:
 
 def test_actor_body_forwards_to_the_guide(cfg: GuideConfig) -> None:
     actor = GuideActor(cfg.model_dump(mode="json"))  # what Ray passes: a JSON-able dict
-    assert actor.info() == {"backend": "dataset", "name": "ref-guide", "supports_scoring": True}
+    assert actor.info() == {"backend": "dataset", "name": "ref-guide", "supports_scoring": True,
+                            "supports_top_k": False}
     assert actor.generate(["q1"]) == ["because 1"]
     assert actor.score(["q1"], ["a b"])[0].logprobs == (-0.5, -0.5)
     actor.close()
