@@ -130,26 +130,24 @@ class StartupGuide(TimedGuide):
 
 
 def test_the_guide_start_up_is_told_apart_from_the_steady_idle_share(tiny_world_ckpt, tmp_path, monkeypatch):
-    """A 1.5 s first call and 0.3 s calls against learner steps of at least 0.1 s: the first wait holds the
-    start-up; after it the learners still wait for part of each step (the prefetch overlaps the rest), and the
-    steady share is far below the whole run's."""
+    """A 1.5 s first guide call, then 0.05 s calls against learner steps of at least 0.2 s: the first wait holds
+    the start-up; after it the prefetch keeps the learners fed, while the whole run's share looks idle-bound."""
     from rl_statetune.rl.driver import steady_idle_share
     from rl_statetune.rl.learner import Learner
 
     real = Learner.train_step
 
-    def step_of_a_tenth(self, *a, **k):
+    def slow_step(self, *a, **k):
         t0 = time.monotonic()
         m = real(self, *a, **k)
-        time.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+        time.sleep(max(0.0, 0.2 - (time.monotonic() - t0)))
         return m
 
-    monkeypatch.setattr(Learner, "train_step", step_of_a_tenth)
+    monkeypatch.setattr(Learner, "train_step", slow_step)
     cfg = small_cfg(tiny_world_ckpt, tmp_path, "match", steps=6)
-    guide = StartupGuide(build_guide(resolve_guide_config(cfg.guide, cfg.data, tmp_path)), 1.5, 0.3)
+    guide = StartupGuide(build_guide(resolve_guide_config(cfg.guide, cfg.data, tmp_path)), 1.5, 0.05)
     res = run_rl(cfg, progress=False, guide=guide)
-    assert 1.7 <= res.first_wait_s <= 2.5, res
-    assert res.learner_wait_s > res.first_wait_s + 5 * 0.05, res
-    assert 0.15 <= steady_idle_share(res) <= 0.8, res
-    assert steady_idle_share(res) < res.learner_wait_s / res.loop_s - 0.2, res
-    assert res.loop_s >= res.first_wait_s + 5 * 0.3
+    assert 1.5 <= res.first_wait_s <= 3.0, res
+    assert res.loop_s >= res.first_wait_s + 5 * 0.2, res
+    assert steady_idle_share(res) <= 0.15, res
+    assert res.learner_wait_s / res.loop_s >= 0.35, res
