@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-STATE = ["--state", "runs/quickstart/state.pth"]
+STATE = ["--state", "runs/answer_format/state.pth"]  # from: rl-statetune tune --config configs/answer_format.yaml
 M_RWKV = ["--model", "embedded", *STATE, "--compare"]
 M_HF = ["--model", "hf:models/smollm2-135m-instruct"]
 BLOCKS = [  # (out dir, models, tasks, extra)

@@ -1,7 +1,7 @@
 """The ``rl_statetune`` model for lm-evaluation-harness: a frozen RWKV-7 starting from its own, a tuned or an
 upscaled initial state.
 
-    lm_eval --model rl_statetune --model_args pretrained=embedded,state=runs/quickstart/state.pth \\
+    lm_eval --model rl_statetune --model_args pretrained=embedded,state=runs/answer_format/state.pth \\
         --tasks rl_statetune/eval/tasks/arc_challenge_local.yaml
 
 lm-eval builds the prompts, splits, few-shot examples, metrics and filters; this class only answers its three
