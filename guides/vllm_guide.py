@@ -102,8 +102,9 @@ class VLLMGuide(Guide):
                 raise GuideOutputError(f"vLLM prompt logprobs lack continuation token {k} (id {tok})")
             values = {int(i): float(getattr(v, "logprob", v)) for i, v in entry.items()}
             lps.append(min(values[tok], 0.0))
-            best = sorted(values, key=values.__getitem__, reverse=True)[:top_k]
-            rows.append((best, [values[i] for i in best]))
+            if top_k:
+                best = sorted(values, key=values.__getitem__, reverse=True)[:top_k]
+                rows.append((best, [values[i] for i in best]))
         alts = self.pieces.top_k(c_ids, [text[s:e] for s, e in spans], rows) if top_k else None
         return scored_text(text, spans, lps, alts)
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import time
+from dataclasses import replace
 
 import torch
 
 from rl_statetune.checkpoint import load_model
 from rl_statetune.config import load_config
 from rl_statetune.data import load_examples
-from rl_statetune.generation import generate
-from rl_statetune.state import initial_state_fn
-from rl_statetune.synthetic import generated_tokens, is_reasoning, mode_header, score_answers
+from rl_statetune.run.heldout import held_out
+from rl_statetune.synthetic import is_reasoning, mode_header
 from rl_statetune.tokenizer import WorldTokenizer
 from rl_statetune.upscale import load_tunable
 
@@ -37,16 +36,13 @@ def step_accuracy(outputs: list[str]) -> float | None:
 
 def measure(model, tok, examples, tunable=None, mode: str | None = None, max_new_tokens: int = 80,
             batch_size: int = 32) -> dict:
-    prompts = [(mode_header(mode) if mode else "") + e.prompt for e in examples]
-    t0 = time.time()
-    outs = generate(model, tok, prompts, max_new_tokens, init_state=initial_state_fn(model, tunable),
-                    batch_size=batch_size)
-    wall = time.time() - t0
-    return {"n": len(examples), "accuracy": round(score_answers(outs, [int(e.answer) for e in examples]), 4),
+    prompted = [replace(e, prompt=(mode_header(mode) if mode else "") + e.prompt) for e in examples]
+    res = held_out(model, tok, prompted, tunable, "sentence", max_new_tokens, batch_size)
+    outs = res.outputs
+    return {"n": len(examples), "accuracy": round(res.accuracy, 4),
             "reasoning_share": round(sum(map(is_reasoning, outs)) / len(outs), 4),
-            "mean_generated_tokens": round(generated_tokens(tok, outs) / len(outs), 2),
-            "step_accuracy": step_accuracy(outs),
-            "wall_s": round(wall, 1), "example": outs[0]}
+            "mean_generated_tokens": round(res.mean_tokens, 2), "step_accuracy": step_accuracy(outs),
+            "wall_s": round(res.seconds, 1), "example": outs[0]}
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ def test_held_out_counts_the_tokens_greedy_decoding_takes():
     res = held_out(model, tok, held, None, "hash", max_new_tokens=40)
     lines, steps = zip(*(greedy_steps(model, tok, e.prompt, 40) for e in held))
     assert res.mean_tokens == sum(steps) / len(held) and res.mean_tokens > 5
+    assert [o.split("\n")[0] for o in res.outputs] == list(lines)
     acc = sum(extract_answer(line, "hash") == int(e.answer) for line, e in zip(lines, held)) / len(held)
     assert res.accuracy == acc == held_out_accuracy(model, tok, held, None, "hash", 40) and acc > 0.5
     assert res.seconds > 0

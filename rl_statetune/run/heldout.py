@@ -19,6 +19,7 @@ class HeldOut:
     accuracy: float
     mean_tokens: float   # generated tokens per answer: the answer line's tokens plus the newline that ended it
     seconds: float
+    outputs: tuple[str, ...] = ()   # the completions, in example order
 
     @classmethod
     def none(cls) -> HeldOut:
@@ -41,7 +42,7 @@ def held_out(model, tokenizer, examples: list[Example], tunable: TimeState | Non
             correct += extract_answer(o, target_format) == int(e.answer)
         else:
             correct += o.strip() == e.target.strip().split("\n")[0]
-    return HeldOut(correct / len(examples), generated_tokens(tokenizer, outs) / len(outs), seconds)
+    return HeldOut(correct / len(examples), generated_tokens(tokenizer, outs) / len(outs), seconds, tuple(outs))
 
 
 def held_out_accuracy(model, tokenizer, examples: list[Example], tunable: TimeState | None = None,
