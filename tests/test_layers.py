@@ -22,8 +22,8 @@ LAYERS = {
 }
 ORDER = list(LAYERS)
 COMMANDS = {"trainer", "rl", "eval", "hf"}
-# entry-point aliases of the CLI (``python -m ...``) belong to the cli layer wherever their file lives
-ALIASES = {"rl_statetune.rl.distributed": "cli"}
+# entry-point aliases of the CLI (``python -m ...``) live outside the package (launch/), never in a lower layer
+ALIASES: dict[str, str] = {}
 
 
 def top(module: str) -> str:

@@ -162,7 +162,7 @@ def test_smollm2_guide_two_learners_reward_rises(local_ray, smollm2_dir, tmp_pat
 
 @pytest.mark.slow
 def test_ray_job_submit(tiny_world_ckpt, tmp_path):
-    """`ray start --head` + `ray job submit --working-dir . -- python -m rl_statetune.rl.distributed` on CPU."""
+    """`ray start --head` + `ray job submit --working-dir . -- python -m launch.submit_entry` on CPU."""
     if ray.is_initialized():
         ray.shutdown()
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
@@ -185,7 +185,7 @@ def test_ray_job_submit(tiny_world_ckpt, tmp_path):
         env_no_addr = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
         cfg2 = cfg_for(tiny_world_ckpt, tmp_path / "out2")
         (tmp_path / "job2.yaml").write_text(yaml.safe_dump(cfg2.model_dump(mode="json")))
-        run = subprocess.run([sys.executable, "-m", "rl_statetune.rl.distributed", "--config",
+        run = subprocess.run([sys.executable, "-m", "launch.submit_entry", "--config",
                               str(tmp_path / "job2.yaml"), "--no-progress"], cwd=REPO, env=env_no_addr,
                              capture_output=True, text=True, timeout=600, check=False)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
