@@ -55,8 +55,15 @@ class TuneResult:
 
 def tune(cfg: TuneConfig, resume: bool = False, progress: bool = True, evaluate: bool = True,
          overwrite: bool = False) -> TuneResult:
-    t_start = time.time()
     run = RunDir(cfg.train.out_dir, cfg.model_dump(mode="json"), resume, overwrite)
+    try:
+        return _tune(run, cfg, resume, progress, evaluate)
+    finally:
+        run.close()
+
+
+def _tune(run: RunDir, cfg: TuneConfig, resume: bool, progress: bool, evaluate: bool) -> TuneResult:
+    t_start = time.time()
     finished = run.open()
     if finished is not None:
         return TuneResult.from_dict(finished)

@@ -245,3 +245,33 @@ def test_sigterm_during_rl_checkpoints_and_resumes(tiny_world_ckpt, tmp_path):
     assert 2 <= step < 30
     assert cli_main(["rl", "--config", str(cfg), "--no-progress", "--resume"]) == 0
     assert json.loads((out / "result.json").read_text())["steps"] == 30
+
+
+def test_a_run_folder_is_locked_while_a_run_uses_it(tiny_world_ckpt, tmp_path, capsys):
+    """Issue 24.1: a real `tune` process holds its folder; a second run into it (even with --overwrite) is refused
+    in one line naming the holder's PID and leaves the live run's files alone; once the holder is killed (SIGKILL:
+    no clean-up) its lock is taken over."""
+    out = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, out, steps=100_000, train={"log_every": 1})
+    proc = subprocess.Popen([sys.executable, "-m", "rl_statetune.cli", "tune", "--config", str(cfg),
+                             "--no-progress"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.time() + 120
+        while (not metrics.exists() or not metrics.read_text()) and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None
+        assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--overwrite",
+                         "--set", "train.steps=2"]) == 2
+        one_line_error(capsys, f"PID {proc.pid}", str(out))
+        assert proc.poll() is None and metrics.exists() and (out / "checkpoint.pt").exists()
+        steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1))   # one run's steps, not two interleaved
+    finally:
+        proc.kill()
+        proc.wait()
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--overwrite", "--set", "train.steps=2"]) == 0
+    assert json.loads((out / "result.json").read_text())["steps"] == 2
+    # released on exit: the same process can open the folder again
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume", "--set", "train.steps=2"]) == 0

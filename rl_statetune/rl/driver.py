@@ -128,8 +128,15 @@ def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Gu
            ray: bool = False, overwrite: bool = False) -> RLResult:
     """Tune the tunables with guide rewards, in this process or (``ray``) on Ray with
     ``distributed.num_learners`` learners. ``guide`` overrides ``cfg.guide`` in-process (e.g. a loaded model)."""
-    t_start = time.time()
     run = RunDir(cfg.train.out_dir, cfg.model_dump(mode="json"), resume, overwrite)
+    try:
+        return _run_rl(run, cfg, progress, guide, ray)
+    finally:
+        run.close()
+
+
+def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray: bool) -> RLResult:
+    t_start = time.time()
     finished = run.open()
     if finished is not None:
         return RLResult.from_dict(finished)

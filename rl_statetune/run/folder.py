@@ -1,5 +1,8 @@
 """A run folder (``train.out_dir``) from start to finish: nothing in it is lost or silently replaced.
 
+* One run at a time: a run holds ``.run.lock`` (``flock``, with its PID inside) from ``open`` to ``close`` (the OS
+  drops it when the process dies, so the lock of a killed run is taken over); a second run is refused, naming the
+  holder's PID.
 * A folder that already holds a run is only continued with ``resume`` or replaced with ``overwrite``.
 * ``resume`` refuses a checkpoint written with another configuration and names the keys that differ.
 * A finished run is never rewritten: resuming it returns its stored result.
@@ -10,6 +13,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import math
@@ -27,7 +32,7 @@ from rl_statetune.atomic import WriteError, atomic_torch_save, atomic_write
 
 log = logging.getLogger("rl_statetune.run")
 
-CHECKPOINT, METRICS, RESULT = "checkpoint.pt", "metrics.jsonl", "result.json"
+CHECKPOINT, METRICS, RESULT, LOCK = "checkpoint.pt", "metrics.jsonl", "result.json", ".run.lock"
 STATE_FILES = ("state.pth", "state.safetensors")
 RUN_FILES = (CHECKPOINT, METRICS, *STATE_FILES, RESULT)
 
@@ -106,6 +111,47 @@ class MetricsLog:
         self.close()
 
 
+class RunLock:
+    """An exclusive ``flock`` on ``FOLDER/.run.lock`` holding the owner's PID (for the message of the next run)."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"cannot create {self.path}: {e.strerror}; choose another train.out_dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunError(f"{self.path.parent} is in use by another run (PID {holder}, lock {self.path}); "
+                               "wait for it to finish or stop it, or choose another train.out_dir") from None
+            log.warning("cannot lock %s (%s): nothing stops a second run from using this folder at the same time",
+                        self.path, e.strerror)
+            return
+        stale = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if stale and stale != str(os.getpid()):
+            log.info("taking over %s from PID %s, which no longer runs", self.path, stale)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise RunError(f"cannot write {self.path}: {e.strerror}; free some space or choose another "
+                           "train.out_dir") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)   # closing the descriptor drops the flock
+            self.fd = None
+
+
 class RunDir:
     """The output folder of one run, checked and prepared by :meth:`open`."""
 
@@ -114,10 +160,15 @@ class RunDir:
             raise RunError("--resume and --overwrite exclude each other: continue the run, or start over")
         self.path, self.config, self.resume, self.overwrite = Path(path), config, resume, overwrite
         self.saved: dict | None = None   # the checkpoint a resumed run continues from (read, checked by open)
+        self.lock = RunLock(self.path)
+
+    def close(self) -> None:
+        """Release the folder's lock (call when the run ends, however it ends)."""
+        self.lock.release()
 
     def open(self) -> dict | None:
-        """Create / check the folder (with ``resume``, read and check the checkpoint into ``saved``). Returns the
-        stored result when resuming a run that already finished."""
+        """Create / check / lock the folder (with ``resume``, read and check the checkpoint into ``saved``). Returns
+        the stored result when resuming a run that already finished. Call :meth:`close` when the run ends."""
         p = self.path
         if p.exists() and not p.is_dir():
             raise RunError(f"train.out_dir {p} is a file, not a folder; choose another train.out_dir")
@@ -127,6 +178,7 @@ class RunDir:
             raise RunError(f"cannot create run folder {p}: {e.strerror}; choose another train.out_dir") from None
         if not os.access(p, os.W_OK | os.X_OK):
             raise RunError(f"run folder {p} is not writable; choose another train.out_dir or fix its permissions")
+        self.lock.acquire()
         for tmp in p.glob(".*.tmp*"):
             log.warning("removing %s, left by an interrupted write", tmp)
             tmp.unlink(missing_ok=True)
