@@ -131,13 +131,16 @@ def load_config(path: str | Path, cls: type[BaseModel] = TuneConfig, overrides: 
     if not path.is_file():
         raise ConfigError(f"config {path} is not a file; pass a YAML file such as configs/quickstart.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text (UTF-8) file") from None
+    if data is None or data == {}:   # an empty file would run every default silently
+        raise ConfigError(f"{path} holds no settings (an empty config); start from one in configs/, e.g. "
+                          "configs/quickstart.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     for item in overrides or []:

@@ -124,9 +124,13 @@ def test_corrupt_state_files_name_the_file(tmp_path, tiny_world_ckpt, capsys):
     ("empty-key", ["--config", "{cfg}", "--set", "=5"], "section.key=value"),
     ("unknown", ["--config", "{cfg}", "--set", "train.stepz=1"], "train.stepz"),
     ("missing", ["--config", "{tmp}/nope.yaml"], "no config file"),
+    ("empty", ["--config", "{tmp}/empty.yaml"], "holds no settings"),      # issue 24.6
+    ("comments", ["--config", "{tmp}/comments.yaml"], "holds no settings"),
 ])
 def test_config_errors_are_one_line(tiny_world_ckpt, tmp_path, capsys, case, args, fragment):
     (tmp_path / "bad.yaml").write_text("train:\n  steps: [1\n")
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "comments.yaml").write_text("# nothing here yet\n")
     cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, tmp_path / "run")
     args = [a.format(bad_yaml=tmp_path / "bad.yaml", tmp=tmp_path, cfg=cfg) for a in args]
     assert cli_main(["tune", *args, "--no-progress"]) == 2
