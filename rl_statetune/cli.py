@@ -30,15 +30,30 @@ def _tune(args) -> int:
     cfg = load_config(args.config, overrides=args.set)
     res = tune(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
                evaluate=not args.no_eval)
-    print(f"\nstate written to {res.out_dir}/state.pth and state.safetensors")
+    print(_artefact(res.out_dir, res.already_finished, cfg.upscale.enabled))
+    loss = f"final loss {res.final_loss:.4f}"
+    if res.skipped_steps:
+        loss += f" (the last finite step's; {res.skipped_steps} of {res.steps} steps skipped as non-finite)"
     if math.isnan(res.acc_after):
-        print(f"held-out accuracy: not evaluated   ({res.steps} steps, final loss {res.final_loss:.4f}, "
-              f"{res.seconds:.0f} s)")
+        print(f"held-out accuracy: not evaluated   ({res.steps} steps, {loss}, {res.seconds:.0f} s)")
     else:
         print(f"held-out accuracy: before {res.acc_before:.3f} -> after {res.acc_after:.3f}   generated tokens per "
-              f"answer: {res.tokens_before:.1f} -> {res.tokens_after:.1f}\n({res.steps} steps, final loss "
-              f"{res.final_loss:.4f}; tuning {res.tuning_seconds:.0f} s, {res.seconds:.0f} s in all)")
+              f"answer: {res.tokens_before:.1f} -> {res.tokens_after:.1f}\n({res.steps} steps, {loss}; "
+              f"tuning {res.tuning_seconds:.0f} s, {res.seconds:.0f} s in all)")
     return 0
+
+
+def _artefact(out_dir: str, already_finished: bool, upscaled: bool) -> str:
+    """Which file of the run folder carries what (an upscaled run's state.pth holds S0 only)."""
+    if already_finished:
+        head = f"\n{out_dir} holds a finished run: nothing was written; its state is in {out_dir}/state.safetensors"
+    else:
+        head = f"\nstate written to {out_dir}/state.pth and state.safetensors"
+    if not upscaled:
+        return head
+    return (f"{head}\n{out_dir}/state.safetensors carries the whole upscaled state (S0, S~0, R, feature bases): "
+            f"use it with rl-statetune generate / eval. {out_dir}/state.pth holds S0 ONLY (the RWKV runtimes' "
+            "format): loaded there it is not this run's model")
 
 
 def _rl(args) -> int:
@@ -47,7 +62,7 @@ def _rl(args) -> int:
 
     cfg = load_rl_config(args.config, args.set)
     res = run_rl(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, ray=args.ray)
-    print(f"\nstate written to {res.out_dir}/state.pth and state.safetensors")
+    print(_artefact(res.out_dir, res.already_finished, cfg.upscale.enabled))
     print(summary(res, cfg.train.eval))
     return 0
 
@@ -62,6 +77,16 @@ def _positive_or_zero(text: str) -> float:
     return v
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
+
 def _escapes(text: str) -> str:
     """``\\n``, ``\\t`` ... in a command-line string, leaving every other character (non-ASCII too) as typed."""
     return text.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r")
@@ -70,15 +95,20 @@ def _escapes(text: str) -> str:
 def _generate(args) -> int:
     from rl_statetune.checkpoint import load_model
     from rl_statetune.generation import generate
+    from rl_statetune.lm import NonFiniteLogits
     from rl_statetune.state import initial_state_fn
     from rl_statetune.tokenizer import WorldTokenizer
     from rl_statetune.upscale import load_tunable
 
     model = load_model(args.model)
     tunable = load_tunable(args.state, model.config) if args.state else None
-    outs = generate(model, WorldTokenizer(), args.prompt, args.max_new_tokens,
-                    init_state=initial_state_fn(model, tunable), stop=tuple(_escapes(s) for s in args.stop),
-                    temperature=args.temperature)
+    try:
+        outs = generate(model, WorldTokenizer(), args.prompt, args.max_new_tokens,
+                        init_state=initial_state_fn(model, tunable), stop=tuple(_escapes(s) for s in args.stop),
+                        temperature=args.temperature)
+    except NonFiniteLogits as e:
+        culprit = f"--state {args.state}" if args.state else f"--model {args.model}"
+        raise NonFiniteLogits(f"{culprit}: {e}; nothing generated") from None
     for p, o in zip(args.prompt, outs):
         print(p + o)
     return 0
@@ -127,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="embedded")
     g.add_argument("--state", default=None, help="state file (.pth or .safetensors)")
     g.add_argument("--prompt", action="append", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--max-new-tokens", type=_positive_int, default=64)
     g.add_argument("--temperature", type=_positive_or_zero, default=0.0, help="0 = greedy (default)")
     g.add_argument("--stop", action="append", default=["\\n\\n"], help="stop string (\\n, \\t escapes allowed)")
     g.set_defaults(fn=_generate)

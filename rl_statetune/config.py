@@ -67,6 +67,7 @@ class TrainConfig(Section):
     eval: bool = True                          # held-out accuracy before / after (synthetic task)
     eval_max_new_tokens: int = Field(32, gt=0)
     on_nonfinite: Literal["error", "skip"] = "error"   # a NaN/inf loss or gradient: stop, or skip that step
+    max_skipped_share: float = Field(0.5, ge=0, le=1)  # skip mode: more steps skipped than this -> no state written
 
 
 class UpscaleConfig(Section):

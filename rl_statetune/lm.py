@@ -65,7 +65,18 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) 
     return idx.to(device), torch.tensor(lengths, dtype=torch.long, device=device)
 
 
+class NonFiniteLogits(ValueError):
+    """The model's logits (or a distribution made from them) hold NaN / inf: a diverged state or model. Callers
+    that know the state file add its name."""
+
+
+def check_finite(logits: torch.Tensor, what: str = "the model's logits") -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteLogits(f"NaN or inf in {what} (a diverged state or model)")
+
+
 def check_logits(logits: torch.Tensor, idx: torch.Tensor) -> None:
     if logits.dim() != 3 or logits.shape[:2] != idx.shape:
         raise ValueError(f"model returned logits of shape {tuple(logits.shape)} for input {tuple(idx.shape)}; "
                          "expected [B, T, V]")
+    check_finite(logits)

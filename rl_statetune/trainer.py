@@ -22,7 +22,7 @@ from rl_statetune.data import Batch, collate
 from rl_statetune.model import RWKV7
 from rl_statetune.run.folder import Interrupted, RunDir, stop_on_signals
 from rl_statetune.run.heldout import HeldOut, run_held_out
-from rl_statetune.run.setup import (BatchOrder, guarded_step, lr_at, make_optimizer, make_tunable, save_tuned,
+from rl_statetune.run.setup import (BatchOrder, check_skipped, guarded_step, lr_at, make_optimizer, make_tunable, save_tuned,
                                     set_lr, start_run, state_norms)
 
 log = logging.getLogger("rl_statetune.tune")
@@ -47,6 +47,7 @@ class TuneResult:
     tokens_before: float = float("nan")    # mean generated tokens per held-out answer (test-time compute)
     tokens_after: float = float("nan")
     tuning_seconds: float = float("nan")   # the optimisation steps alone (no held-out evaluation)
+    already_finished: bool = False         # --resume of a finished run: its stored result, nothing written
 
     @classmethod
     def from_dict(cls, d: dict) -> "TuneResult":
@@ -66,7 +67,7 @@ def _tune(run: RunDir, cfg: TuneConfig, resume: bool, progress: bool, evaluate: 
     t_start = time.time()
     finished = run.open()
     if finished is not None:
-        return TuneResult.from_dict(finished)
+        return TuneResult.from_dict({**finished, "already_finished": True})
     torch.manual_seed(cfg.train.seed)
     model, tok, train, held = start_run(cfg)
     cfg_eval = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval": cfg.train.eval and evaluate})})
@@ -124,6 +125,7 @@ def _tune(run: RunDir, cfg: TuneConfig, resume: bool, progress: bool, evaluate: 
                 raise Interrupted(stop.signum, step + 1, run.path)
 
     tuning_s = time.time() - t0
+    check_skipped(skipped, steps, cfg)
     save_tuned(run.path, state, cfg, model, {"steps": steps, "final_loss": loss_val})
     after = run_held_out(cfg_eval, model, tok, held, state)
     result = TuneResult(str(run.path), steps, loss_val, before.accuracy, after.accuracy, time.time() - t_start,

@@ -56,9 +56,11 @@ def test_a_run_is_never_overwritten_without_resume_or_overwrite(tiny_world_ckpt,
     one_line_error(capsys, str(out), "--resume", "--overwrite")
     assert (out / "state.pth").read_bytes() == state and (out / "metrics.jsonl").read_text() == metrics
 
-    # a finished run resumed: nothing rewritten, its stored result returned
+    # a finished run resumed: nothing rewritten, its stored result returned, and not "state written" (24.12)
     assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume"]) == 0
-    assert (out / "result.json").read_text() == result and "nan" not in capsys.readouterr().out.lower()
+    said = capsys.readouterr().out
+    assert (out / "result.json").read_text() == result and "nan" not in said.lower()
+    assert "state written" not in said and "nothing was written" in said
 
     # resume with another config names the key
     assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume", "--set", "train.steps=5"]) == 2
@@ -79,12 +81,53 @@ def test_diverged_runs_stop_and_write_no_state(tiny_world_ckpt, tmp_path, capsys
         ck = torch.load(out / "checkpoint.pt", weights_only=False)
         assert all(torch.isfinite(v).all() for v in ck["tunable"].values())
 
-    # skip mode: the bad steps are skipped and said so, the run ends with a finite state
+    # skip mode (issue 24.5): step 1 leaves a finite but diverged state (|S0| ~ 1e20), steps 2-4 are skipped; more
+    # than train.max_skipped_share (0.5) of the steps skipped: no state, one line with the count
     assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--overwrite", "--set", "optim.lr=1e20",
-                     "--set", "train.on_nonfinite=skip"]) == 0
-    res = json.loads((out / "result.json").read_text())
-    assert res["skipped_steps"] >= 1
+                     "--set", "train.on_nonfinite=skip"]) == 2
+    one_line_error(capsys, "3 of 4 steps were skipped", "train.max_skipped_share 0.5")
+    assert not (out / "state.pth").exists() and not (out / "state.safetensors").exists()
+    # allowed to skip them all, the diverged state is still refused (issue 24.2): its logits are NaN
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--overwrite", "--set", "optim.lr=1e20",
+                     "--set", "train.on_nonfinite=skip", "--set", "train.max_skipped_share=1"]) == 2
+    one_line_error(capsys, "logits NaN or inf", "optim.lr", str(out / "state.pth"))
+    assert not (out / "state.pth").exists() and not (out / "state.safetensors").exists()
+    # a skipped step within the share: written, and the count is said
+    real = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def nan_on_step_2(params, max_norm):
+        calls["n"] += 1
+        return torch.tensor(float("nan")) if calls["n"] == 2 else real(params, max_norm)
+
+    import rl_statetune.run.setup as setup
+    mp = pytest.MonkeyPatch()
+    mp.setattr(setup.torch.nn.utils, "clip_grad_norm_", nan_on_step_2)
+    try:
+        assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--overwrite",
+                         "--set", "train.on_nonfinite=skip"]) == 0
+    finally:
+        mp.undo()
+    assert json.loads((out / "result.json").read_text())["skipped_steps"] == 1
+    assert "1 of 4 steps skipped" in capsys.readouterr().out
     assert torch.isfinite(load_state(out / "state.pth").time_state).all()
+
+
+def test_a_diverged_finite_state_is_an_error_not_an_empty_answer(tiny_world_ckpt, tmp_path, capsys):
+    """Issue 24.2: |S0| ~ 1e20 is finite but every logit is NaN; generate, held-out checks name it and stop."""
+    from rl_statetune.checkpoint import load_model
+    from rl_statetune.data import Example
+    from rl_statetune.lm import NonFiniteLogits
+    from rl_statetune.run.heldout import held_out
+    from rl_statetune.tokenizer import WorldTokenizer
+    from rl_statetune.upscale import load_tunable
+
+    big = save_state(tmp_path / "big.pth", torch.full((2, 2, 8, 8), 1e20))
+    assert cli_main(["generate", "--model", str(tiny_world_ckpt), "--state", str(big), "--prompt", "Q: hi\nA:"]) == 2
+    one_line_error(capsys, "big.pth", "NaN or inf")
+    model = load_model(str(tiny_world_ckpt))
+    with pytest.raises(NonFiniteLogits, match="NaN or inf"):
+        held_out(model, WorldTokenizer(), [Example("Q: 1 + 1?\nA:", " 2", "2")], load_tunable(big, model.config))
 
 
 def test_non_finite_state_files_are_never_written_nor_loaded(tmp_path, tiny_world_ckpt, capsys):
@@ -279,3 +322,46 @@ def test_a_run_folder_is_locked_while_a_run_uses_it(tiny_world_ckpt, tmp_path, c
     assert json.loads((out / "result.json").read_text())["steps"] == 2
     # released on exit: the same process can open the folder again
     assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume", "--set", "train.steps=2"]) == 0
+
+
+def test_rl_with_a_huge_lr_names_optim_lr_not_a_multinomial_traceback(tmp_path, capsys):
+    """Issue 24.4: optim.lr=1e20 leaves a finite, diverged state after step 1; step 2's policy is NaN. One line
+    naming optim.lr, before torch.multinomial; no state written."""
+    out = tmp_path / "rl"
+    cfg = tmp_path / "rl.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"path": "embedded"}, "data": {"train_size": 8, "eval_size": 4},
+        "guide": {"task_rationales": True}, "reward": {"kind": "match", "samples": 4},
+        "optim": {"lr": 1e20},
+        "train": {"steps": 3, "batch_size": 2, "log_every": 1, "out_dir": str(out), "eval": False}}))
+    assert cli_main(["rl", "--config", str(cfg), "--no-progress"]) == 2
+    one_line_error(capsys, "step 2", "policy is not finite", "optim.lr 1e+20")
+    assert not (out / "state.pth").exists()
+
+
+def test_an_upscaled_runs_files_say_what_they_carry(tiny_world_ckpt, tmp_path, capsys):
+    """Issue 24.11: state.pth of an upscaled run holds S0 only; the summary and the log say so and name the file
+    carrying the whole state."""
+    out = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, out, steps=1,
+                    upscale={"enabled": True, "features": 8, "support_texts": 4})
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert f"{out}/state.pth holds S0 ONLY" in said and f"{out}/state.safetensors carries the whole upscaled" in said
+    plain = write_cfg(tmp_path / "p.yaml", tiny_world_ckpt, tmp_path / "plain", steps=1)
+    assert cli_main(["tune", "--config", str(plain), "--no-progress"]) == 0
+    assert "S0 ONLY" not in capsys.readouterr().out
+
+
+def test_generate_refuses_max_new_tokens_0_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """Issue 24.12: checked by the parser, the model is never loaded."""
+    import rl_statetune.checkpoint
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(rl_statetune.checkpoint, "load_model", no_load)
+    for bad in ("0", "-3", "x"):
+        with pytest.raises(SystemExit) as e:
+            cli_main(["generate", "--model", "embedded", "--prompt", "x", "--max-new-tokens", bad])
+        assert e.value.code == 2 and "--max-new-tokens" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from rl_statetune.rl.learner import GUIDE_SCORED_REWARDS, Learner
 from rl_statetune.rl.source import NEEDS_COT_SCORES, CotSource
 from rl_statetune.run.folder import Interrupted, RunDir, stop_on_signals
 from rl_statetune.run.heldout import HeldOut, run_held_out
-from rl_statetune.run.setup import make_tunable, save_tuned, start_run
+from rl_statetune.run.setup import check_skipped, make_tunable, save_tuned, start_run
 
 log = logging.getLogger("rl_statetune.rl")
 
@@ -52,6 +52,8 @@ class RLResult:
     queue_depth: float = float("nan")     # CoT batches waiting in the learners' queues, mean over logged steps (Ray)
     tokens_before: float = float("nan")   # mean generated tokens per held-out answer (test-time compute)
     tokens_after: float = float("nan")
+    skipped_steps: int = 0                # steps skipped with train.on_nonfinite: skip
+    already_finished: bool = False        # --resume of a finished run: its stored result, nothing written
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLResult":
@@ -139,14 +141,14 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
     t_start = time.time()
     finished = run.open()
     if finished is not None:
-        return RLResult.from_dict(finished)
+        return RLResult.from_dict({**finished, "already_finished": True})
     saved = run.saved
     torch.manual_seed(cfg.train.seed)
     model, tok, train, held = start_run(cfg)     # the driver's copy evaluates and writes the artefact
     tunable = make_tunable(model, tok, train, cfg)
-    start, before, rewards = 0, HeldOut.none(), []
+    start, before, rewards, skipped = 0, HeldOut.none(), [], 0
     if saved is not None:
-        start, rewards = saved["step"], saved["rewards"]
+        start, rewards, skipped = saved["step"], saved["rewards"], saved.get("skipped", 0)
         before = HeldOut(saved["acc_before"], saved.get("tokens_before", float("nan")), 0.0)
         log.info("resuming %s at step %d", run.path, start)
     else:
@@ -172,6 +174,7 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
                 first_wait_s = waited if step == start else first_wait_s
                 tokens += m["tokens"]
                 rewards.append(m["reward"])
+                skipped += int(m.get("skipped", 0))
                 if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                     rec = {"step": step + 1, **m, **ex.stats(), "tokens": tokens,
                            "learner_tokens_per_s": tokens / max(learner_s, 1e-9), "learner_wait_s": wait_s}
@@ -182,7 +185,8 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
                              rec["learner_tokens_per_s"], wait_s)
                 if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == steps or stop:
                     run.save_checkpoint(step + 1, {**ex.checkpoint(), "acc_before": before.accuracy,
-                                                     "tokens_before": before.mean_tokens, "rewards": rewards})
+                                                     "tokens_before": before.mean_tokens, "rewards": rewards,
+                                                     "skipped": skipped})
                 if stop and step + 1 < steps:
                     raise Interrupted(stop.signum, step + 1, run.path)
         loop_s = time.time() - t_loop
@@ -191,6 +195,7 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
     finally:
         ex.close()
     tunable.load_state_dict(final)
+    check_skipped(skipped, steps, cfg)
     save_tuned(run.path, tunable, cfg, model, {"steps": steps})
     first, last = window_means(rewards, max(3, cfg.train.log_every))
     after = run_held_out(cfg, model, tok, held, tunable)
@@ -198,7 +203,7 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
     res = RLResult(str(run.path), steps, first, last, rewards, before.accuracy, after.accuracy, guide_rate,
                    tokens / max(learner_s, 1e-9), wait_s, time.time() - t_start, first_wait_s=first_wait_s,
                    loop_s=loop_s, queue_depth=depth, tokens_before=before.mean_tokens,
-                   tokens_after=after.mean_tokens)
+                   tokens_after=after.mean_tokens, skipped_steps=skipped)
     run.write_result(asdict(res))
     return res
 

@@ -14,6 +14,7 @@ from collections import Counter
 import torch
 from rl_statetune_guides import Guide
 
+from rl_statetune.lm import NonFiniteLogits, check_finite
 from rl_statetune.model import RWKV7
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotBatch, CotItem, collate_cots
@@ -27,7 +28,7 @@ from rl_statetune.rl.rewards import (
 )
 from rl_statetune.rl.rollout import sample_rollouts, sequence_logprobs
 from rl_statetune.rl.source import CountingGuide
-from rl_statetune.run.setup import AllReduce, guarded_step, lr_at, make_optimizer, set_lr, state_norms
+from rl_statetune.run.setup import AllReduce, diverged, guarded_step, lr_at, make_optimizer, set_lr, state_norms
 from rl_statetune.state import TimeState
 
 GUIDE_SCORED_REWARDS = ("guide_logprob", "reverse_kl", "multistep")
@@ -75,6 +76,7 @@ class Learner:
         return torch.log_softmax(self.model.head(h).float() / self.cfg.reward.temperature, dim=-1)
 
     def sample_actions(self, logp: torch.Tensor, samples: int) -> torch.Tensor:
+        check_finite(logp, "the learner's policy distribution")   # torch.multinomial would only say "invalid"
         return torch.multinomial(logp.detach().exp(), samples, replacement=True, generator=self.generator)
 
     def scored_rows(self, n_positions: int) -> torch.Tensor | None:
@@ -163,7 +165,11 @@ class Learner:
         t0 = time.perf_counter()
         batch = self.collate(items)
         self.opt.zero_grad(set_to_none=True)
-        loss, metrics = self.loss(batch)
+        try:
+            loss, metrics = self.loss(batch)
+        except NonFiniteLogits:   # the state diverged at an earlier step: skipping cannot help
+            raise diverged("the learner's policy is not finite (its state diverged at an earlier step)", self.cfg,
+                           step, skippable=False) from None
         loss.backward()
         lr = lr_at(step, total_steps, self.cfg.optim)
         set_lr(self.opt, lr)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from rl_statetune.generation import sample
+from rl_statetune.lm import check_finite
 from rl_statetune.model import RWKV7, RecurrentState
 
 InitState = Callable[[int], RecurrentState]
@@ -22,6 +23,7 @@ def sample_rollouts(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends
     last = logits[torch.arange(N), ends - 1]
     out = []
     for i in range(k):
+        check_finite(last, "the learner's rollout logits")
         nxt = sample(last, temperature, 1.0, generator)
         out.append(nxt)
         if i + 1 < k:

@@ -225,6 +225,7 @@ class RunDir:
         return MetricsLog(self.path / METRICS)
 
     def write_result(self, result: dict) -> Path:
+        result = {k: v for k, v in result.items() if k != "already_finished"}   # a flag for the caller only
         text = json.dumps(_json_safe(result), indent=2)
         return atomic_write(self.path / RESULT, lambda tmp: tmp.write_text(text))
 

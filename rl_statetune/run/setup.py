@@ -13,6 +13,7 @@ import torch
 from rl_statetune.checkpoint import load_model
 from rl_statetune.config import OptimConfig, RunConfig
 from rl_statetune.data import Example, load_examples
+from rl_statetune.lm import NonFiniteLogits, check_finite
 from rl_statetune.model import RWKV7
 from rl_statetune.paths import resolve_model_path
 from rl_statetune.state import TimeState, model_fingerprint
@@ -127,9 +128,39 @@ def guarded_step(tunable: TimeState, opt: torch.optim.Optimizer, loss: float, cf
     if cfg.train.on_nonfinite == "skip":
         log.warning("step %d skipped: %s is not finite", step + 1, bad)
         return False
-    raise NonFiniteError(f"step {step + 1}: {bad} is not finite (optim.lr {cfg.optim.lr:g} too high?); the run "
-                         "stopped and no state was written from it. Lower optim.lr / grad_clip, or set "
-                         "train.on_nonfinite: skip")
+    raise diverged(f"{bad} is not finite", cfg, step)
+
+
+def diverged(what: str, cfg: RunConfig, step: int, skippable: bool = True) -> NonFiniteError:
+    """The one-line error of a run that went non-finite at ``step`` (0-based), naming ``optim.lr``."""
+    fix = ", or set train.on_nonfinite: skip" if skippable and cfg.train.on_nonfinite == "error" else ""
+    return NonFiniteError(f"step {step + 1}: {what} (optim.lr {cfg.optim.lr:g} too high?); the run stopped and no "
+                          f"state was written from it. Lower optim.lr / grad_clip{fix}")
+
+
+def check_skipped(skipped: int, steps: int, cfg: RunConfig) -> None:
+    """Refuse to write the state of a run whose steps were mostly skipped (``train.max_skipped_share``)."""
+    if skipped:
+        log.warning("%d of %d steps were skipped (non-finite loss or gradient)", skipped, steps)
+    share = cfg.train.max_skipped_share
+    if skipped > share * steps:
+        raise NonFiniteError(f"{skipped} of {steps} steps were skipped (non-finite loss or gradient), more than "
+                             f"train.max_skipped_share {share:g} of them; no state was written (optim.lr "
+                             f"{cfg.optim.lr:g} too high?). Lower optim.lr / grad_clip, or raise "
+                             "train.max_skipped_share")
+
+
+@torch.no_grad()
+def check_tuned_output(model: RWKV7, tunable: TimeState, cfg: RunConfig, out: Path) -> None:
+    """A finite state can still be diverged (|S0| ~ 1e20): one token from it must give finite logits."""
+    idx = torch.zeros(1, 2, dtype=torch.long, device=model.emb.weight.device)
+    logits, _ = model(idx, tunable.initial_state(model, 1))
+    try:
+        check_finite(logits)
+    except NonFiniteLogits:
+        raise NonFiniteError(f"the tuned state makes the model's logits NaN or inf (it diverged: optim.lr "
+                             f"{cfg.optim.lr:g} too high?); nothing was written to {out / 'state.pth'}. Lower "
+                             "optim.lr / grad_clip") from None
 
 
 def state_norms(tunable: TimeState) -> dict[str, float]:
@@ -143,7 +174,11 @@ def state_norms(tunable: TimeState) -> dict[str, float]:
 
 def save_tuned(out: Path, tunable: TimeState, cfg: RunConfig, model: RWKV7, meta: dict) -> None:
     """The run's artefact (``upscale.save_tunable``) with the run's metadata: base model fingerprint, model and
-    run config."""
+    run config. A state that makes the logits non-finite is refused (:class:`NonFiniteError`)."""
+    check_tuned_output(model, tunable, cfg, out)
+    if isinstance(tunable, UpscaledState):
+        log.warning("%s holds S0 only (the RWKV runtimes' format); the whole upscaled state (S0, S~0, R, feature "
+                    "bases) is in %s", out / "state.pth", out / "state.safetensors")
     save_tunable(out, tunable, {"base_model": str(cfg.model.path),
                                 "base_model_sha256_16": model_fingerprint(resolve_model_path(cfg.model.path)),
                                 "model_config": model.config.__dict__, "run_config": cfg.model_dump(mode="json"),
