@@ -147,3 +147,61 @@ def test_report_numbers_are_lm_evals_own_for_rwkv_with_state_and_an_hf_guide(tmp
         assert got["acc_stderr"] == pytest.approx(want["acc_stderr,none"])
     md = (out / "results.md").read_text()
     assert "tuned" in md and "hf:" in md  # one comparison table
+
+
+def _no_scoring(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded / a task was scored")
+
+    monkeypatch.setattr(cli, "make_lm", refuse)
+    monkeypatch.setattr(cli, "run_task", refuse)
+
+
+@pytest.mark.parametrize("flag,value", [("--limit", "0"), ("--limit", "-1"), ("--max-new-tokens", "0"),
+                                        ("--batch-size", "0"), ("--num-fewshot", "-1")])
+def test_bad_counts_are_refused_before_loading_anything(tmp_path, capsys, monkeypatch, flag, value):
+    """Issue 24.7 / 24.12: --limit 0 / -1 used to reach lm-eval (20-30 s, its internal messages); --max-new-tokens 0
+    became lm-eval's 256."""
+    _no_scoring(monkeypatch)
+    code, err = run_cli(capsys, "--model", "embedded", "--tasks", "gsm8k", "--data-dir",
+                        str(small_data(tmp_path / "data")), "--out", str(tmp_path / "o"), flag, value)
+    assert code == 2 and flag in err[-1] and ">=" in err[-1], err
+
+
+def test_out_naming_a_file_is_refused_before_scoring(tmp_path, capsys, monkeypatch):
+    """Issue 24.8: the bare [Errno 17] came after scoring, and the scores were lost."""
+    _no_scoring(monkeypatch)
+    (tmp_path / "taken").write_text("mine")
+    code, err = run_cli(capsys, "--model", "embedded", "--tasks", "gsm8k", "--data-dir",
+                        str(small_data(tmp_path / "data")), "--out", str(tmp_path / "taken"))
+    assert code == 2 and len(err) == 1 and "--out" in err[0] and "is a file" in err[0], err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_diverged_state_in_generate_until_is_named(tmp_path, capsys):
+    """Issue 24.2: |S0| ~ 1e20 is finite (loads) but every logit is NaN: gsm8k's answers were empty, exit 0."""
+    from rl_statetune.checkpoint import load_model
+    from rl_statetune.state import save_state
+
+    shape = load_model("embedded").config.state_shape()
+    big = save_state(tmp_path / "big.pth", torch.full(shape, 1e20))
+    code, err = run_cli(capsys, "--model", "embedded", "--state", str(big), "--tasks", "gsm8k", "--limit", "1",
+                        "--num-fewshot", "0", "--max-new-tokens", "2", "--data-dir",
+                        str(small_data(tmp_path / "data")), "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 2 and "big.pth" in err[-1] and "NaN or inf" in err[-1], err
+
+
+def test_no_progress_and_no_git_noise_outside_a_checkout(tmp_path):
+    """Issue 24.7 / 24.12: a real `rl-statetune eval` run from a folder outside any git checkout, --no-progress:
+    no progress bar (lm-eval's "Building contexts" had one) and no `fatal: not a git repository`."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "rl-statetune"
+    res = subprocess.run([str(exe), "eval", "--model", "embedded", "--tasks", "gsm8k", "--limit", "1",
+                          "--num-fewshot", "0", "--max-new-tokens", "2", "--data-dir", str(small_data(tmp_path / "d")),
+                          "--out", str(tmp_path / "o"), "--no-progress"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "fatal:" not in res.stderr and "it/s]" not in res.stderr and "%|" not in res.stderr, res.stderr
+    assert (tmp_path / "o" / "results.json").exists()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_statetune.eval.tasks.local_data import ENV, SPLITS, benchmark_file, data_root, read_rows
+from rl_statetune.lm import NonFiniteLogits
 
 BASE = "base"
 TASK_DIR = Path(__file__).parent / "tasks"
@@ -38,6 +39,19 @@ TASKS = {
 }
 
 
+def _count(minimum: int):
+    """An argparse type: a whole number >= ``minimum``, checked before anything is loaded."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}")
+        return v
+    return parse
+
+
 def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, action="append", metavar="PATH",
                         help="RWKV-7 checkpoint (embedded / .pth / .safetensors / fla folder), or hf:<folder> for a "
@@ -45,18 +59,18 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--state", action="append", default=[], metavar="PATH",
                         help="tuned (or upscaled) state file for the RWKV-7 model(s); repeatable, named by file stem")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--limit", type=_count(1), default=None,
                         help="score at most N docs per lm-eval task (MMLU: per subject, as lm-eval does)")
-    parser.add_argument("--num-fewshot", type=int, default=None, help="default: lm-eval's (gsm8k 5, others 0)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default lm-eval's, 256)")
+    parser.add_argument("--num-fewshot", type=_count(0), default=None, help="default: lm-eval's (gsm8k 5, others 0)")
+    parser.add_argument("--batch-size", type=_count(1), default=8)
+    parser.add_argument("--max-new-tokens", type=_count(1), default=None, help="generation budget (default lm-eval's, 256)")
     parser.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's default 1234)")
     parser.add_argument("--data-dir", default=None, help=f"data root holding benchmarks/ (default ${ENV} or ../shared/data)")
     parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png and samples")
     parser.add_argument("--compare", action="store_true", help="also run the base state and report deltas")
     parser.add_argument("--no-prefix-cache", action="store_true", help="RWKV: run every request from scratch")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (lm-eval's too)")
     return parser
 
 
@@ -211,9 +225,20 @@ def eval_main(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.no_progress:
+        _no_progress_bars()   # lm-eval's own bars (building contexts, requests) have no switch of their own
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder (results.json, results.md, accuracy.png and "
+                         "samples/ are written into it)")
     tasks = parse_tasks(args.tasks)
     plan = plan_runs(args.model, args.state, args.compare)
     sources = validate_data(tasks, args.data_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)   # before scoring: a folder that cannot be made loses nothing
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    _quiet_git_hash()
     tm = task_manager(args.data_dir)
     runs: dict[str, dict] = {}
     base = BASE if args.compare and args.state and any(n == BASE for n, _, _ in plan) else None
@@ -228,7 +253,11 @@ def eval_main(args: argparse.Namespace) -> int:
                                  "batch_size": args.batch_size, "seed": args.seed, "model": model, "state": state}}
         for task in tasks:
             print(f"[eval] {name}: {task}", file=sys.stderr)
-            row, samples = run_task(lm, task, args, tm)
+            try:
+                row, samples = run_task(lm, task, args, tm)
+            except NonFiniteLogits as e:
+                raise NonFiniteLogits(f"{'--state ' + state if state else '--model ' + model}: {e} in {task}; "
+                                      "its scores would be meaningless") from None
             row["source"] = sources[task]
             runs[name]["results"][task] = row
             runs[name]["samples"][task] = samples
@@ -236,6 +265,33 @@ def eval_main(args: argparse.Namespace) -> int:
     print(paths["markdown"].read_text())
     print(json.dumps({k: str(v) for k, v in paths.items()}), file=sys.stderr)
     return 0
+
+
+def _no_progress_bars() -> None:
+    """Every tqdm bar of this process off (``TQDM_DISABLE=1`` does this for tqdm imported after it is set)."""
+    import os
+    from functools import partialmethod
+
+    import tqdm.std
+
+    os.environ["TQDM_DISABLE"] = "1"
+    tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)
+
+
+def _quiet_git_hash() -> None:
+    """lm-eval records ``git describe`` of the working directory; outside a git checkout git prints ``fatal: not a
+    git repository`` to the terminal. Ask git the same with its stderr closed (None outside a checkout)."""
+    import subprocess
+
+    import lm_eval.evaluator
+
+    def git_hash() -> str | None:
+        try:
+            return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return None
+
+    lm_eval.evaluator.get_git_commit_hash = git_hash
 
 
 def _lm_eval_version() -> str:
