@@ -12,6 +12,8 @@ import logging
 import math
 import sys
 
+DTYPES = ("float32", "bfloat16", "float16")  # model weights (rl_statetune.checkpoint.load_model)
+
 
 def _run_args(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--config", required=True, help=f"YAML file, e.g. {example}")
@@ -100,7 +102,7 @@ def _generate(args) -> int:
     from rl_statetune.tokenizer import WorldTokenizer
     from rl_statetune.upscale import load_tunable
 
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     tunable = load_tunable(args.state, model.config) if args.state else None
     try:
         outs = generate(model, WorldTokenizer(), args.prompt, args.max_new_tokens,
@@ -156,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="complete prompts with a model and optional tuned state")
     g.add_argument("--model", default="embedded")
     g.add_argument("--state", default=None, help="state file (.pth or .safetensors)")
+    g.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="model weights' dtype (states and the WKV recurrence stay float32)")
     g.add_argument("--prompt", action="append", required=True)
     g.add_argument("--max-new-tokens", type=_positive_int, default=64)
     g.add_argument("--temperature", type=_positive_or_zero, default=0.0, help="0 = greedy (default)")

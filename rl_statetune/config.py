@@ -19,7 +19,7 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     path: str = "embedded"                     # "embedded", a .pth/.safetensors file or an fla/HF folder
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"   # weights; states and WKV sums stay float32
     wkv_backend: Literal["auto", "torch", "naive", "triton", "fla"] = "auto"
 
 

@@ -36,10 +36,14 @@ _BLOCK_PAIRS = 32   # (head, chunk) pairs per precompute block of the chunked pa
 
 
 def wkv7_naive(r, logw, k, v, a, b, s0=None):
-    """Token-by-token recurrence. Differentiable, slow: the reference for tests and the baseline for benchmarks."""
+    """Token-by-token recurrence. Differentiable, slow: the reference for tests and the baseline for benchmarks.
+    Accumulates in float32 at least (float64 if given); y comes back in r's dtype, the state in float32/64."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    S = r.new_zeros(B, H, V, K) if s0 is None else s0.to(r.dtype)
+    cdt = accumulation_dtype(r.dtype)
+    out_dtype = r.dtype
+    r, logw, k, v, a, b = (x.to(cdt) for x in (r, logw, k, v, a, b))
+    S = r.new_zeros(B, H, V, K) if s0 is None else s0.to(cdt)
     w = logw.exp()
     ys = []
     for t in range(T):
@@ -48,7 +52,13 @@ def wkv7_naive(r, logw, k, v, a, b, s0=None):
              + v[:, t, :, :, None] * k[:, t, :, None, :])
         ys.append(torch.einsum("bhvk,bhk->bhv", S, r[:, t]))
     y = torch.stack(ys, dim=1) if T > 0 else r.new_zeros(B, 0, H, V)
-    return y, S
+    return y.to(out_dtype), S
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence accumulates in: float32 for float32 / bfloat16 / float16 inputs, float64 for
+    float64. Half-precision states lose the small decayed contributions within a few dozen tokens."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _chunk_terms(r, logw, k, v, a, b):
@@ -188,7 +198,7 @@ def wkv7_chunked(r, logw, k, v, a, b, s0=None, chunk_size: int = DEFAULT_CHUNK):
     """
     B, T, H, K = r.shape
     V = v.shape[-1]
-    cdt = torch.float64 if r.dtype == torch.float64 else torch.float32
+    cdt = accumulation_dtype(r.dtype)
     n = max(1, math.ceil(T / chunk_size))
     chunk_size = max(1, math.ceil(T / n))        # n near-equal chunks: padding < n steps, not up to a whole chunk
     chunks = [_to_chunks(x.to(cdt), n, chunk_size) for x in (r, logw, k, v, a, b)]

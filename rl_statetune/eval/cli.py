@@ -70,6 +70,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--compare", action="store_true", help="also run the base state and report deltas")
     parser.add_argument("--no-prefix-cache", action="store_true", help="RWKV: run every request from scratch")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="RWKV-7 weights' dtype (states and the WKV recurrence stay float32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (lm-eval's too)")
     return parser
 
@@ -139,7 +141,7 @@ def make_lm(model: str, state: str | None, args: argparse.Namespace, cache: dict
     if model not in cache:
         from rl_statetune.checkpoint import load_model
 
-        m = load_model(model, device=args.device)
+        m = load_model(model, dtype=args.dtype, device=args.device)
         cache[model] = (m, tokenizer_for(m))
     m, tok = cache[model]
     return RWKVStateLM(pretrained=model, state=state, batch_size=args.batch_size, model=m, tokenizer=tok,
