@@ -223,6 +223,16 @@ class RWKV7Model(RWKV7PreTrainedModel):
         return None if self.tunable is None else self.tunable.initial_state(self.rwkv, batch_size)
 
     def _run(self, ids, embeds, state, lengths, layers_out):
+        """The stack outside autocast: the model runs in its weights' dtype (load ``dtype=torch.bfloat16`` for a
+        bf16 model) and the WKV recurrence in float32 as everywhere in the project, so a Trainer's ``bf16=True``
+        (mixed precision) leaves the backbone as it is and applies to the parts outside it (TRL's LM head)."""
+        dev = (ids if ids is not None else embeds).device.type
+        with torch.autocast(dev, enabled=False):
+            if embeds is not None:
+                embeds = embeds.to(self.rwkv.emb.weight.dtype)
+            return self._run_stack(ids, embeds, state, lengths, layers_out)
+
+    def _run_stack(self, ids, embeds, state, lengths, layers_out):
         if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
             return self.rwkv.hidden(ids, state, lengths, embeds, layers_out)
         # the whole stack is one checkpointed segment (its blocks are not separate modules of the forward pass);
