@@ -201,19 +201,23 @@ class RWKV7(nn.Module):
         hidden, new_state = self.hidden(idx, state, lengths)
         return self.head(hidden), new_state
 
-    def hidden(self, idx: torch.Tensor, state: RecurrentState | None = None,
-               lengths: torch.Tensor | None = None):
-        """Like ``forward`` but returns the final ln_out features [B,T,C] instead of logits."""
-        if idx.dim() != 2:
+    def hidden(self, idx: torch.Tensor | None, state: RecurrentState | None = None,
+               lengths: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+               layers_out: list | None = None):
+        """Like ``forward`` but returns the final ln_out features [B,T,C] instead of logits.
+
+        ``embeds`` [B,T,C]: the embedding output to start from instead of ``emb(idx)``; ``layers_out``: a list
+        that receives the residual stream after ln0 and after each block (Hugging Face's ``hidden_states``)."""
+        if embeds is None and idx.dim() != 2:
             raise ValueError(f"idx must be [B, T], got shape {tuple(idx.shape)}")
-        B, T = idx.shape
+        B, T = idx.shape if embeds is None else embeds.shape[:2]
         if T == 0:
             raise ValueError("idx has no tokens (T = 0)")
         if state is None:
             state = self.zero_state(B)
         elif state.batch_size != B:
             raise ValueError(f"state has batch size {state.batch_size} but idx has {B}")
-        x = self.emb(idx)
+        x = self.emb(idx) if embeds is None else embeds
         if (state.lift is None) != (state.lifted is None):
             raise ValueError("RecurrentState.lifted and RecurrentState.lift must be given together")
         att_x, wkv, ffn_x, lifted = [], [], [], []
@@ -221,6 +225,8 @@ class RWKV7(nn.Module):
         for i, blk in enumerate(self.blocks):
             if i == 0:
                 x = blk.ln0(x)
+                if layers_out is not None:
+                    layers_out.append(x)
             h = blk.ln1(x)
             up = (None, None) if state.lift is None else (state.lift[i], state.lifted[i])
             out, last, s, v_first, s_up = blk.att(h, state.att_x[i], state.wkv[i], v_first, lengths,
@@ -233,6 +239,8 @@ class RWKV7(nn.Module):
             out, last = blk.ffn(h, state.ffn_x[i], lengths)
             x = x + out
             ffn_x.append(last)
+            if layers_out is not None:
+                layers_out.append(x)
         new_lifted = None if state.lift is None else torch.stack(lifted).to(self.state_dtype)
         return self.ln_out(x), RecurrentState(torch.stack(att_x), torch.stack(wkv).to(self.state_dtype),
                                               torch.stack(ffn_x), new_lifted, state.lift)

@@ -200,8 +200,8 @@ def test_save_pretrained_writes_the_state_only_and_round_trips(tiny_world_ckpt, 
     m.attach_state(random_state(m.rwkv.config, seed=4))
     m.save_pretrained(tmp_path / "saved")
     files = sorted(p.name for p in (tmp_path / "saved").iterdir())
-    assert files == ["config.json", "generation_config.json", "state.pth", "state.safetensors"] or \
-        files == ["config.json", "state.pth", "state.safetensors"]
+    assert files == ["config.json", "generation_config.json", "rl_statetune_hf.py", "state.pth",
+                     "state.safetensors"]
     weights = sum(p.numel() * p.element_size() for p in m.rwkv.parameters())
     state_bytes = (tmp_path / "saved" / "state.safetensors").stat().st_size
     assert state_bytes < weights / 4  # the folder holds the state, not the 65536-token embedding and head

@@ -18,7 +18,7 @@ TEXTS = [
     "Grüße aus Köln – ça va? Ñandú, ğüşıöç, Ελληνικά, русский текст, עברית, العربية",
     "中文分词测试：我们今天去公园。日本語のテキスト、カタカナ。한국어 문장입니다.",
     "emoji 😀👍🏽👩‍👩‍👧‍👦🇩🇪 and symbols ∑∫√≠ ≤ ≥ ∞ €£¥",
-    "special <|endoftext|> <s></s> [CLS] <pad> \x00\x01\x7f\t\r\n   trailing spaces   ",
+    "special <s></s> [CLS] <pad> <|reserved_65530|> \x00\x01\x7f\t\r\n   trailing spaces   ",
     "  leading spaces, tabs\t\tand\n\n\nnewlines",
     "def f(x):\n    return {'a': [1, 2, 3]}  # code\n",
     "",
@@ -38,7 +38,7 @@ def ours():
 def test_is_a_transformers_tokenizer(tok):
     assert isinstance(tok, PreTrainedTokenizerBase)
     assert tok.eos_token_id == 0 and tok.pad_token_id == 0 and tok.bos_token_id is None
-    assert tok.vocab_size == WorldTokenizer().vocab_size
+    assert tok.vocab_size == len(tok) == 65536 > WorldTokenizer().vocab_size  # = the embedding rows
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -50,10 +50,14 @@ def test_ids_equal_ours_and_round_trip(tok, ours, text):
     assert tok.convert_tokens_to_string(tok.tokenize(text)) == text
 
 
-def test_special_token_text_is_not_parsed(tok, ours):
-    # like every RWKV runtime: typed "<|endoftext|>" is text; only id 0 ends a document
-    ids = tok("a<|endoftext|>b")["input_ids"]
-    assert 0 not in ids and ids == ours.encode("a<|endoftext|>b")
+def test_eos_text_is_id_0_as_transformers_tokenizers_do(ours):
+    # TRL appends tokenizer.eos_token as text: it must become id 0, not the 7 byte tokens of "<|endoftext|>"
+    tok = world_tokenizer()
+    assert tok("a" + tok.eos_token)["input_ids"] == ours.encode("a") + [0]
+    assert tok("a<|endoftext|>b")["input_ids"] == ours.encode("a") + [0] + ours.encode("b")
+    # the RWKV runtimes' reading (typed text stays text) on request
+    raw = world_tokenizer(split_special_tokens=True)
+    assert raw("a<|endoftext|>b")["input_ids"] == ours.encode("a<|endoftext|>b")
 
 
 def test_end_of_text_id_decodes(tok, ours):

@@ -1,23 +1,29 @@
 """``RWKV7ForCausalLM``: the project's RWKV-7 as a Hugging Face ``PreTrainedModel`` + ``GenerationMixin``.
 
-The wrapper holds an ``rl_statetune.model.RWKV7`` and calls it: there is one implementation of the model. What
-it adds is the Hugging Face calling convention:
+The model's parameters are the project's ``RWKV7`` (``model.rwkv.*``, BlinkDL names); there is one
+implementation of the model. What this module adds is the Hugging Face convention:
 
-- ``forward(input_ids, attention_mask, cache, labels, use_cache)``; the recurrent state (``RecurrentState``) is
-  carried between calls as the generation cache (``RWKV7Cache``), so ``model.generate`` runs one prefill and then
-  one token per step, exactly like ``rl_statetune.generation.generate``;
+- files in fla-hub's layout (``model_type: rwkv7``, fla's config keys and weight names, converted on load and on
+  save by transformers' own weight-conversion machinery), so ``from_pretrained`` / ``AutoModelForCausalLM`` /
+  ``pipeline`` read fla-hub folders and ours, with every usual keyword (``dtype``, ``device_map``, ``revision``,
+  ``config``, ...), and fla reads ours;
+- ``forward(input_ids | inputs_embeds, attention_mask, cache, labels, use_cache, output_hidden_states)`` ->
+  ``CausalLMOutputWithPast``; the recurrent state (``RecurrentState``) is carried between calls as the
+  generation cache (``RWKV7Cache``), so ``model.generate`` runs one prefill and then one token per step;
 - ``attention_mask`` may be right padding (training collators) or left padding (``generate`` on a batch): a
   left-padded row is rotated so that its real tokens come first, run with ``lengths``, and rotated back, so pad
   tokens never enter the state;
 - a tuned state (``TimeState`` / ``UpscaledState``) attaches to the backbone (``attach_state``) and is where every
-  row starts when no cache is given; it is the only part that is trainable;
-- ``from_pretrained`` reads what ``rl_statetune.checkpoint.load_model`` reads ("embedded", BlinkDL ``.pth`` /
-  ``.safetensors``, fla / Hugging Face folders) and folders written by ``save_pretrained``, which writes a config
-  and the tuned state only (never the frozen weights: a few MB).
+  row starts when no cache is given; it is the only trainable part;
+- ``save_pretrained`` writes the config and the tuned state (a few KB to MB) and, with ``weights=True``, the
+  weights too (safetensors, sharded by ``max_shard_size``), so the folder is self-contained;
+- ``from_pretrained`` also reads the project's own sources ("embedded", BlinkDL ``.pth`` / ``.safetensors``, a
+  state-only folder naming its ``base_model``) through ``rl_statetune.checkpoint.load_model``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -27,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from rl_statetune.hf.configuration import RWKV7HFConfig
 from rl_statetune.model import RWKV7, RecurrentState
@@ -67,19 +73,6 @@ class RWKV7Cache:
         self.state = self.state.select(rows)
 
 
-@dataclass
-class RWKV7ModelOutput(ModelOutput):
-    last_hidden_state: torch.Tensor | None = None
-    cache: RWKV7Cache | None = None
-
-
-@dataclass
-class RWKV7CausalLMOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    cache: RWKV7Cache | None = None
-
-
 def padding_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
     """-> (ids with each row's real tokens first, lengths [B] or None, per-row rotation [B] or None).
 
@@ -107,14 +100,101 @@ def padding_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None)
     return input_ids.gather(1, (pos[None] + start[:, None]) % T), n, start
 
 
+
+# -- fla-hub weight names <-> ours (transformers' weight-conversion machinery, reversed by it on save) -------------
+
+def _fla_conversions() -> list:
+    """fla's RWKV-7 weight names -> the HF model's (``model.rwkv.`` + BlinkDL names): renamings, then one converter
+    per key where fla stores the tensor transposed (LoRA matrices) or flat (vectors that are [1, 1, C] here).
+    Mirrors ``rl_statetune.checkpoint.fla_key_to_blinkdl`` / ``to_fla_state_dict``."""
+    from transformers.core_model_loading import ConversionOps, Transpose, WeightConverter, WeightRenaming
+
+    class Reshape(ConversionOps):
+        def __init__(self, flat: bool):
+            self.flat = flat
+
+        @torch.no_grad()
+        def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+            tensors = next(iter(input_dict.values()))
+            t = tensors[0] if isinstance(tensors, list) else tensors
+            return {target_patterns[0]: t.reshape(-1) if self.flat else t.reshape(1, 1, -1)}
+
+        @property
+        def reverse_op(self):
+            return Reshape(not self.flat)
+
+    renames = [("model.embeddings.", "model.rwkv.emb."), ("model.norm.", "model.rwkv.ln_out."),
+               ("lm_head.", "model.rwkv.head."), (r"model.layers.(\d+).", r"model.rwkv.blocks.\1."),
+               (r"\.pre_norm\.", ".ln0."), (r"\.attn_norm\.", ".ln1."), (r"\.ffn_norm\.", ".ln2."),
+               (r"\.attn\.", ".att."), (r"\.r_proj\.", ".receptance."), (r"\.k_proj\.", ".key."),
+               (r"\.v_proj\.", ".value."), (r"\.o_proj\.", ".output."), (r"\.g_norm\.", ".ln_x.")]
+    out = [WeightRenaming(src, dst) for src, dst in renames]
+    for x in "wavg":
+        out += [WeightConverter(rf"\.att\.{x}_lora\.lora\.0\.weight", f".att.{x}1", [Transpose()]),
+                WeightConverter(rf"\.att\.{x}_lora\.lora\.2\.weight", f".att.{x}2", [Transpose()])]
+        if x != "g":
+            out.append(WeightConverter(rf"\.att\.{x}_lora\.lora\.2\.bias", f".att.{x}0", [Reshape(False)]))
+    for name in (r"\.att\.k_k", r"\.att\.k_a", r"\.ffn\.x_k"):
+        out.append(WeightConverter(name, name.replace("\\", ""), [Reshape(False)]))
+    return out
+
+
+@contextlib.contextmanager
+def _fla_conversions_registered(class_name: str):
+    """transformers looks conversions up by class name; fla's model has the same class name, so ours is
+    registered only while our ``from_pretrained`` runs (saving uses the instance's ``_weight_conversions``)."""
+    from transformers import conversion_mapping as cm
+
+    cm.register_checkpoint_conversion_mapping(class_name, _fla_conversions(), overwrite=True)
+    try:
+        yield
+    finally:
+        cm._checkpoint_conversion_mapping_cache.pop(class_name, None)
+        cm.USER_REGISTERED_MAPPINGS.discard(class_name)
+
+
+# files of a saved folder
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+SHIM_FILE = "rl_statetune_hf.py"   # what ``auto_map`` points at: imports the classes from the installed package
+SHIM = ('"""Loads the RWKV-7 classes of the installed `rl_statetune` package (pip install rl-statetune) for '
+        'trust_remote_code."""\nfrom rl_statetune.hf import RWKV7ForCausalLM, RWKV7HFConfig, RWKV7Model, '
+        'RWKVWorldTokenizer  # noqa: F401\n')
+AUTO_MAP = {"AutoConfig": "rl_statetune_hf.RWKV7HFConfig", "AutoModel": "rl_statetune_hf.RWKV7Model",
+            "AutoModelForCausalLM": "rl_statetune_hf.RWKV7ForCausalLM"}
+
+
+def write_shim(folder: "str | os.PathLike") -> None:
+    (Path(folder) / SHIM_FILE).write_text(SHIM)
+
+
+_HUB_KWARGS = ("revision", "trust_remote_code", "local_files_only", "cache_dir", "token", "use_safetensors",
+               "low_cpu_mem_usage", "adapter_kwargs", "force_download", "subfolder", "proxies", "resume_download",
+               "attn_implementation", "code_revision", "use_auth_token", "variant")
+
+
+def _is_project_source(src: str) -> bool:
+    """True for what transformers cannot read itself: "embedded", a BlinkDL file, a folder without config.json
+    (BlinkDL safetensors) and a state-only folder (config.json naming ``base_model``, no weight files)."""
+    path = Path(src)
+    if src == "embedded" or src.startswith("embedded:") or path.is_file():
+        return True
+    if not path.is_dir():
+        return False  # a hub id: transformers' business
+    if not (path / "config.json").exists():
+        return True
+    return not any((path / f).exists() for f in WEIGHT_FILES)
+
+
 class RWKV7PreTrainedModel(PreTrainedModel):
     config_class = RWKV7HFConfig
     config: RWKV7HFConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _is_stateful = True
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
+    _keys_to_ignore_on_load_unexpected = [r"blocks\.0\.att\.v[012]"]  # unused layer-0 value-residual weights
 
     def _init_weights(self, module):
         """Weights come from checkpoints (``from_pretrained``); a model built from a config alone keeps torch's
@@ -130,6 +210,7 @@ class RWKV7Model(RWKV7PreTrainedModel):
         self.rwkv = rwkv if rwkv is not None else RWKV7(config.to_rwkv())
         self.rwkv.wkv_backend = config.wkv_backend
         self.tunable: TimeState | None = None
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -141,43 +222,98 @@ class RWKV7Model(RWKV7PreTrainedModel):
     def start_state(self, batch_size: int) -> RecurrentState | None:
         return None if self.tunable is None else self.tunable.initial_state(self.rwkv, batch_size)
 
+    def _run(self, ids, embeds, state, lengths, layers_out):
+        """The stack outside autocast: the model runs in its weights' dtype (load ``dtype=torch.bfloat16`` for a
+        bf16 model) and the WKV recurrence in float32 as everywhere in the project, so a Trainer's ``bf16=True``
+        (mixed precision) leaves the backbone as it is and applies to the parts outside it (TRL's LM head)."""
+        dev = (ids if ids is not None else embeds).device.type
+        with torch.autocast(dev, enabled=False):
+            if embeds is not None:
+                embeds = embeds.to(self.rwkv.emb.weight.dtype)
+            return self._run_stack(ids, embeds, state, lengths, layers_out)
+
+    def _run_stack(self, ids, embeds, state, lengths, layers_out):
+        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+            return self.rwkv.hidden(ids, state, lengths, embeds, layers_out)
+        # the whole stack is one checkpointed segment (its blocks are not separate modules of the forward pass);
+        # the state's tensors go in as arguments so that the tuned state gets its gradient
+        if state is None:
+            state = self.rwkv.zero_state(ids.shape[0] if embeds is None else embeds.shape[0])
+        lift = state.lift
+
+        def run(ids, embeds, att_x, wkv, ffn_x, lifted):
+            hid, s = self.rwkv.hidden(ids, RecurrentState(att_x, wkv, ffn_x, lifted, lift), lengths, embeds)
+            return hid, s.att_x, s.wkv, s.ffn_x, s.lifted
+
+        hid, att_x, wkv, ffn_x, lifted = self._gradient_checkpointing_func(
+            run, ids, embeds, state.att_x, state.wkv, state.ffn_x, state.lifted)
+        if layers_out is not None:
+            raise ValueError("output_hidden_states is not available with gradient checkpointing while training")
+        return hid, RecurrentState(att_x, wkv, ffn_x, lifted, lift)
+
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: RWKV7Cache | None = None, use_cache: bool | None = None,
-                inputs_embeds: torch.Tensor | None = None, return_dict: bool | None = None,
-                **kwargs) -> RWKV7ModelOutput:
-        if inputs_embeds is not None:
-            raise NotImplementedError("RWKV7Model takes input_ids, not inputs_embeds")
-        if input_ids is None:
-            raise ValueError("input_ids is required")
+                inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, past_key_values: RWKV7Cache | None = None,
+                **kwargs) -> BaseModelOutputWithPast:
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, RWKV7Cache):
+            raise TypeError(f"RWKV7 carries its recurrent state as an RWKV7Cache, not {type(cache).__name__}")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
-        B, T = input_ids.shape
-        ids, lengths, shift = padding_layout(input_ids, attention_mask)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        B, T = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
+        ref = torch.zeros(B, T, dtype=torch.long, device=(input_ids if inputs_embeds is None else inputs_embeds).device)
+        _, lengths, shift = padding_layout(ref, attention_mask)
+        ids, embeds = input_ids, inputs_embeds
+        pos = torch.arange(T, device=ref.device)
+        if shift is not None:  # rotate each left-padded row so that its real tokens come first
+            fwd = (pos[None] + shift[:, None]) % T
+            if ids is not None:
+                ids = ids.gather(1, fwd)
+            else:
+                embeds = embeds.gather(1, fwd[..., None].expand(-1, -1, embeds.shape[-1]))
         state = cache.state if cache is not None else self.start_state(B)
-        hidden, new_state = self.rwkv.hidden(ids, state, lengths)
-        if shift is not None:  # rotate the rows back to the caller's (left-padded) positions
-            pos = torch.arange(T, device=ids.device)
-            back = (pos[None] - shift[:, None]) % T
-            hidden = hidden.gather(1, back[..., None].expand(-1, -1, hidden.shape[-1]))
+        layers = [] if output_hidden_states else None
+        hidden, new_state = self._run(ids, embeds, state, lengths, layers)
+
+        def back(h):  # the rows rotated back to the caller's (left-padded) positions
+            if shift is None:
+                return h
+            idx = (pos[None] - shift[:, None]) % T
+            return h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
+
+        hidden = back(hidden)
+        all_hidden = None
+        if layers is not None:  # embeddings (after ln0), each block's output, and the final normed features
+            all_hidden = tuple(back(h) for h in layers[:-1]) + (hidden,)
         seen = (cache.seen_tokens if cache is not None else 0) + T
-        return RWKV7ModelOutput(last_hidden_state=hidden,
-                                cache=RWKV7Cache(new_state, seen) if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=all_hidden,
+                                       cache=RWKV7Cache(new_state, seen) if use_cache else None)
 
 
 class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
-    """``RWKV7ForCausalLM.from_pretrained("embedded", state="runs/x/state.safetensors")``; ``model.generate``.
+    """``AutoModelForCausalLM.from_pretrained(folder)`` or ``RWKV7ForCausalLM.from_pretrained("embedded",
+    state="runs/x/state.safetensors")``; ``model.generate``.
 
-    Parameters: the frozen ``model.rwkv.*`` (requires_grad False) and, once attached, the tuned state
-    ``model.tunable.*`` (trainable)."""
+    Parameters: the frozen ``model.rwkv.*`` (requires_grad False when loaded by the project's loader) and, once
+    attached, the tuned state ``model.tunable.*`` (trainable)."""
 
     def __init__(self, config: RWKV7HFConfig, rwkv: RWKV7 | None = None):
         super().__init__(config)
         self.model = RWKV7Model(config, rwkv)
+        self._weight_conversions = None  # set by from_pretrained; save_pretrained(weights=True) sets fla's
         self.post_init()
 
     # -- Hugging Face accessors ----------------------------------------------------------------------------------
     def get_input_embeddings(self):
         return self.model.rwkv.emb
+
+    def set_input_embeddings(self, value):
+        self.model.rwkv.emb = value
 
     def get_output_embeddings(self):
         return self.model.rwkv.head
@@ -215,14 +351,19 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
     # -- forward ---------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: RWKV7Cache | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
+                use_cache: bool | None = None, inputs_embeds: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
                 num_items_in_batch: int | torch.Tensor | None = None, return_logits: bool = True,
-                return_dict: bool | None = None, **kwargs) -> RWKV7CausalLMOutput:
+                return_dict: bool | None = None, past_key_values: RWKV7Cache | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
         """``labels``: the loss is the next-token cross-entropy summed over labels != -100 and divided by their
         count (or ``num_items_in_batch``); the vocabulary projection for it runs only at those positions.
         ``return_logits=False`` skips the full [B, T, V] logits (training needs only the loss)."""
+        if kwargs.get("output_attentions"):
+            raise ValueError("RWKV-7 has no attention weights to output (output_attentions)")
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=use_cache,
-                         **kwargs)
+                         inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
+                         past_key_values=past_key_values)
         hidden = out.last_hidden_state
         head = self.model.rwkv.head
         loss = None
@@ -240,61 +381,106 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
             else:
                 hidden = hidden[:, logits_to_keep]
             logits = head(hidden)
-        return RWKV7CausalLMOutput(loss=loss, logits=logits, cache=out.cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states)
 
     # -- files -----------------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: "str | os.PathLike" = "embedded", *args,
-                        state: "TimeState | str | os.PathLike | None" = None, dtype="float32", device="cpu",
-                        backend: str | None = None, **kwargs) -> "RWKV7ForCausalLM":
-        """Load the frozen weights with ``rl_statetune.checkpoint.load_model`` (never from a hub).
-
-        ``pretrained_model_name_or_path``: "embedded", a BlinkDL file, an fla/HF folder, or a folder written by
-        ``save_pretrained`` (config.json naming the base model + ``state.safetensors``, attached unless ``state``
-        is given)."""
-        from rl_statetune.checkpoint import load_model
-
-        if args or kwargs:
-            unknown = sorted(kwargs) + [repr(a) for a in args]
-            raise TypeError(f"RWKV7ForCausalLM.from_pretrained: unsupported arguments {unknown}")
-        if isinstance(dtype, torch.dtype):
-            dtype = str(dtype).removeprefix("torch.")
-        path = Path(str(pretrained_model_name_or_path))
-        base, saved_state, saved_backend = str(pretrained_model_name_or_path), None, "auto"
-        conf_file = path / "config.json"
-        if path.is_dir() and conf_file.exists():
-            conf = json.loads(conf_file.read_text())
-            if conf.get("model_type") == RWKV7HFConfig.model_type:
-                if not conf.get("base_model"):
-                    raise ValueError(f"{conf_file} names no base_model to load the frozen weights from")
-                base, saved_backend = conf["base_model"], conf.get("wkv_backend", "auto")
-                if (path / STATE_FILE).exists():
-                    saved_state = path / STATE_FILE
-        backend = backend or saved_backend
-        rwkv = load_model(base, dtype=dtype, device=device, backend=backend)
-        config = RWKV7HFConfig.from_rwkv(rwkv.config, base_model=base, wkv_backend=backend)
-        model = cls(config, rwkv)
-        model.attach_state(state if state is not None else saved_state)
+    def from_pretrained(cls, pretrained_model_name_or_path: "str | os.PathLike" = "embedded", *model_args,
+                        state: "TimeState | str | os.PathLike | None" = None, backend: str | None = None,
+                        **kwargs) -> "RWKV7ForCausalLM":
+        """transformers' ``from_pretrained`` (every usual keyword) for folders with weights (ours or fla-hub's);
+        the project's sources ("embedded", BlinkDL files, state-only folders naming ``base_model``) go through
+        ``rl_statetune.checkpoint.load_model``. A folder's ``state.safetensors`` is attached unless ``state`` is
+        given; ``backend`` picks the WKV backend (default: the config's ``wkv_backend``)."""
+        src = str(pretrained_model_name_or_path)
+        if _is_project_source(src):
+            model = cls._from_project_source(src, backend, **kwargs)
+        else:
+            with _fla_conversions_registered(cls.__name__):
+                model = super().from_pretrained(src, *model_args, **kwargs)
+            if backend is not None:
+                model.config.wkv_backend = model.rwkv.wkv_backend = backend
+            model.rwkv.requires_grad_(False)
+        saved = Path(src) / STATE_FILE
+        model.attach_state(state if state is not None else (saved if saved.is_file() else None))
         return model.eval()
 
-    def save_pretrained(self, save_directory: "str | os.PathLike", *args, metadata: dict | None = None,
-                        **kwargs) -> None:
-        """Write ``config.json`` (dimensions + ``base_model``) and the tuned state (``state.safetensors`` with its
-        upscaled tensors and metadata, ``state.pth`` in the runtime format). The frozen weights are not written:
-        ``from_pretrained(save_directory)`` reads them from ``base_model`` again. Trainer's keyword arguments
-        (``state_dict``, ``safe_serialization``, ...) are accepted and ignored."""
+    @classmethod
+    def _from_project_source(cls, src: str, backend: str | None, **kwargs) -> "RWKV7ForCausalLM":
+        from rl_statetune.checkpoint import load_model
+
+        # the keywords transformers' from_pretrained takes that mean something here; the rest are refused
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or "float32"
+        device = kwargs.pop("device_map", None) or kwargs.pop("device", None) or "cpu"
+        config = kwargs.pop("config", None)
+        for k in list(kwargs):  # where to download from, and transformers' internal bookkeeping: nothing to do here
+            if k in _HUB_KWARGS or k.startswith("_"):
+                kwargs.pop(k)
+        if kwargs:
+            raise TypeError(f"RWKV7ForCausalLM.from_pretrained({src!r}): unsupported arguments {sorted(kwargs)}")
+        if dtype == "auto":
+            dtype = "float32"
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).removeprefix("torch.")
+        if isinstance(device, dict):
+            devices = set(device.values())
+            if len(devices) != 1:
+                raise ValueError(f"device_map {device} splits the model; RWKV7 from {src} loads on one device")
+            device = devices.pop()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        base, saved = src, {}
+        conf_file = Path(src) / "config.json"
+        if conf_file.is_file():  # a state-only folder: the weights come from its base_model
+            saved = json.loads(conf_file.read_text())
+            if not saved.get("base_model"):
+                raise ValueError(f"{conf_file} names no base_model and the folder holds no weights")
+            base = saved["base_model"]
+        if config is not None and getattr(config, "wkv_backend", None):
+            saved["wkv_backend"] = config.wkv_backend
+        backend = backend or saved.get("wkv_backend") or "auto"
+        rwkv = load_model(base, dtype=dtype, device=device, backend=backend)
+        hf_config = RWKV7HFConfig.from_rwkv(rwkv.config, base_model=base, wkv_backend=backend)
+        return cls(hf_config, rwkv)
+
+    def save_pretrained(self, save_directory: "str | os.PathLike", *args, weights: bool = False,
+                        metadata: dict | None = None, max_shard_size: "int | str" = "5GB", **kwargs) -> None:
+        """Write ``config.json`` (fla-hub's layout + ``auto_map``), the tuned state (``state.safetensors`` with
+        its upscaled tensors and metadata, ``state.pth`` in the runtime format) and ``rl_statetune_hf.py`` (what
+        ``auto_map`` names). ``weights=True`` also writes the weights in fla-hub's names (``model.safetensors``,
+        sharded by ``max_shard_size``), so the folder is self-contained; otherwise ``config.json`` names the
+        ``base_model`` they are read from. Trainer's keyword arguments (``state_dict``, ...) are accepted."""
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
+        for f in WEIGHT_FILES:  # never leave stale weights beside a new config
+            (out / f).unlink(missing_ok=True)
+        for f in out.glob("model-*-of-*.safetensors"):
+            f.unlink()
+        self.config.auto_map = dict(AUTO_MAP)
+        self.config.architectures = [type(self).__name__]
         base = self.config.base_model
-        if base and base != "embedded" and Path(base).exists():
-            self.config.base_model = str(Path(base).resolve())
-        self.config.save_pretrained(out)
+        if weights:
+            self.config.base_model = None
+            self._weight_conversions = _fla_conversions()
+            sd = {k: v for k, v in self.state_dict().items() if not k.startswith("model.tunable.")}
+            kwargs.pop("state_dict", None)
+            try:
+                super().save_pretrained(out, *args, state_dict=sd, max_shard_size=max_shard_size, **kwargs)
+            finally:
+                self.config.base_model = base
+        else:
+            if not base:
+                raise ValueError("this model has no base_model to name; save it with weights=True")
+            self.config.save_pretrained(out)
+            if self.generation_config is not None and self.can_generate():
+                self.generation_config.save_pretrained(out)
+        write_shim(out)
         tunable = self.model.tunable
         if tunable is None:
             return
-        save_tunable(out, tunable, {"base_model": str(self.config.base_model),
-                                    "model_config": self.rwkv.config.__dict__, **(metadata or {})})
+        save_tunable(out, tunable, {"base_model": str(base), "model_config": self.rwkv.config.__dict__,
+                                    **(metadata or {})})
 
 
 __all__ = ["RWKV7Cache", "RWKV7Model", "RWKV7ForCausalLM", "RWKV7PreTrainedModel", "padding_layout",
-           "STATE_FILE", "RUNTIME_STATE_FILE"]
+           "STATE_FILE", "RUNTIME_STATE_FILE", "write_shim"]

@@ -5,9 +5,11 @@ trie over UTF-8 bytes), so ids are equal to ours for every text. Hugging Face to
 (a byte string) is named by its bytes read as Latin-1, a one-to-one map, and ``convert_tokens_to_string`` joins the
 bytes and decodes them as UTF-8 (invalid bytes replaced, as ours).
 
-Id 0 is end of text (``<|endoftext|>``, also the pad token). Special-token strings in the input text are *not*
-parsed (``split_special_tokens=True``): ``"<|endoftext|>"`` typed in a prompt encodes to its bytes, as in every
-RWKV runtime, and only the id 0 itself means end of text.
+Id 0 is end of text (``<|endoftext|>``, also the pad token), as a Hugging Face special token: the text
+``"<|endoftext|>"`` encodes to id 0 (what TRL appends as eos), unless ``split_special_tokens=True`` is asked for
+(then it is text, as in the RWKV runtimes). The world vocabulary has 65530 ids for a 65536-row embedding: ids
+65530-65535 are reserved tokens (``<|reserved_65530|>`` ...) that no text encodes to and that decode to nothing, so
+``len(tokenizer)`` is the embedding's row count and ``resize_token_embeddings(len(tokenizer))`` keeps the model.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from transformers import AddedToken, PreTrainedTokenizer
 from rl_statetune.tokenizer import VOCAB_NAME, WorldTokenizer, default_vocab_path
 
 EOS = "<|endoftext|>"
+ROWS = 65536  # the world models' embedding rows
+AUTO_MAP = {"AutoTokenizer": ["rl_statetune_hf.RWKVWorldTokenizer", None]}
 
 
 class RWKVWorldTokenizer(PreTrainedTokenizer):
@@ -32,11 +36,13 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
         idx2token = self.world._trie.idx2token
         self._id_to_str = {i: b.decode("latin-1") for i, b in idx2token.items()}
         self._str_to_id = {s: i for i, s in self._id_to_str.items()}
+        self._reserved = {i: f"<|reserved_{i}|>" for i in range(max(idx2token) + 1, ROWS)}
         self._added_tokens_decoder = {0: AddedToken(EOS, special=True, normalized=False)}
         for key in ("eos_token", "pad_token", "unk_token"):
             kwargs.setdefault(key, EOS)
         kwargs.setdefault("bos_token", None)
-        kwargs.setdefault("split_special_tokens", True)
+        kwargs.setdefault("split_special_tokens", False)
+        kwargs.setdefault("auto_map", AUTO_MAP)
         kwargs.setdefault("clean_up_tokenization_spaces", False)
         kwargs.setdefault("padding_side", "right")
         super().__init__(**kwargs)
@@ -44,10 +50,10 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
     # -- vocabulary ----------------------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        return self.world.vocab_size
+        return self.world.vocab_size + len(self._reserved)
 
     def get_vocab(self) -> dict[str, int]:
-        return {**self._str_to_id, EOS: 0}
+        return {**self._str_to_id, EOS: 0, **{s: i for i, s in self._reserved.items()}}
 
     def _convert_token_to_id(self, token: str) -> int:
         if token not in self._str_to_id:
@@ -57,6 +63,8 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
     def _convert_id_to_token(self, index: int) -> str:
         if index == 0:
             return EOS
+        if index in self._reserved:
+            return self._reserved[index]
         if index not in self._id_to_str:
             raise KeyError(f"id {index} is not in the RWKV world vocabulary")
         return self._id_to_str[index]
@@ -66,11 +74,13 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
         return [self._id_to_str[i] for i in self.world.encode(text)]
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        return b"".join(b"" if t == EOS else t.encode("latin-1") for t in tokens).decode("utf-8", errors="replace")
+        skip = {EOS, *self._reserved.values()}
+        return b"".join(b"" if t in skip else t.encode("latin-1") for t in tokens).decode("utf-8", errors="replace")
 
     def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None,
                 **kwargs) -> str:
         ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
+        ids = [i for i in ids if i not in self._reserved]
         if not skip_special_tokens and 0 in ids:  # keep the end-of-text marker visible, as HF tokenizers do
             parts, cur = [], []
             for i in ids:
@@ -89,6 +99,9 @@ class RWKVWorldTokenizer(PreTrainedTokenizer):
         out = Path(save_directory) / ((filename_prefix + "-" if filename_prefix else "") + VOCAB_NAME)
         if Path(self.vocab_file).resolve() != out.resolve():
             shutil.copyfile(self.vocab_file, out)
+        from rl_statetune.hf.modeling import write_shim
+
+        write_shim(save_directory)  # what auto_map names, for AutoTokenizer with trust_remote_code=True
         return (str(out),)
 
 
