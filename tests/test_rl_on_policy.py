@@ -38,7 +38,7 @@ def test_one_score_call_each_answer_after_its_own_prompt():
         n = len(decoded[r][1])
         assert float(lp[r, :n].sum()) == __import__("pytest").approx(text_logprob(t[1:]), abs=1e-4)
         assert bool(judged[r, :n].all()) and not bool(judged[r, n:].any())   # first token " 1" ends past the join
-    assert torch.equal(lp[3, :1], torch.tensor([-20.0]))          # nothing to score: the floor
+    assert torch.equal(lp[3, :1], torch.tensor([-20.0])) and bool(judged[3, 0])   # empty answer: the floor
 
 
 def test_on_policy_self_guidance_raises_heldout_accuracy(tmp_path):

@@ -71,8 +71,8 @@ def guide_token_logprobs(guide: Guide, items: Sequence[CotItem], texts: Sequence
         n = len(spans[r])
         for t, (_, e) in enumerate(spans[r]):
             judged[r, t] = e > cut
-        if not cont:
-            out[r, :n] = torch.where(judged[r, :n], torch.tensor(floor), torch.tensor(0.0))
+        if not cont:        # an empty answer: every token of it judged at the floor
+            out[r, :n], judged[r, :n] = floor, True
             continue
         prompts.append(item.guide_prompt)
         conts.append(cont)
