@@ -59,8 +59,17 @@ def test_resume_refuses_another_config(tiny_world_ckpt, tmp_path):
 def test_config_errors_are_clear(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"guide": {"task_rationales": True, "config": "x.yaml"}}))
-    with pytest.raises(ValueError, match="exactly one of guide.config"):
+    with pytest.raises(ValueError, match="at most one of guide.config"):
         load_rl_config(p)
+    p.write_text(yaml.safe_dump({"reward": {"kind": "match"}}))         # no guide: only the verifier runs without
+    with pytest.raises(ValueError, match="match needs a guide"):
+        load_rl_config(p)
+    p.write_text(yaml.safe_dump({"reward": {"terms": {"match": 1.0, "reverse_kl": 1.0}},
+                                 "guide": {"task_rationales": True}}))
+    with pytest.raises(ValueError, match="at most one of"):
+        load_rl_config(p)
+    p.write_text(yaml.safe_dump({"reward": {"terms": {"verifier": 1.0}}}))
+    assert load_rl_config(p).reward.rollout_terms == {"verifier": 1.0}
     p.write_text(yaml.safe_dump({"guide": {"task_rationales": True}, "reward": {"kind": "nope"}}))
     with pytest.raises(ValueError, match="reward.kind"):
         load_rl_config(p)

@@ -5,7 +5,7 @@ One YAML file holds every section::
     model: {path: embedded}
     data: {task: synthetic, target_format: hash}
     guide: {config: configs/guides/smollm2_transformers.yaml, cot: {max_tokens: 48}}
-    reward: {kind: match, samples: 4}
+    reward: {kind: match, samples: 4}      # or weighted terms: {terms: {verifier: 1.0, on_policy: 0.5}}
     pg: {advantage: group, l2: 0.0}
     optim: {lr: 0.1, lr_final: 0.01}
     upscale: {enabled: true, features: 64}     # the same tunables as ``tune``: S0, S~0, R (+ dbp)
@@ -42,6 +42,9 @@ class CotText(Section):
     suffix: str = "\n"                         # appended to the CoT (the task's end of answer); never scored
     max_chars: int = Field(400, gt=0)          # CoT text is cut here
     stop: list[str] = Field(default_factory=list)  # and at the first of these strings (e.g. "\n": one line)
+    # rejection-filtered guidance: a CoT whose final answer the task's verifier rejects never reaches the learner
+    # (the CoT terms train on the kept ones; counts logged per step as cot_kept / cot_dropped)
+    verify: bool = False
 
     @model_validator(mode="after")
     def _has_prompt(self):
@@ -50,29 +53,54 @@ class CotText(Section):
         return self
 
 
+class SelfGuideSection(Section):
+    """The learner's own frozen model as the guide, prompted with a header (``rl.self_guide``): no second model."""
+
+    header: str = "Mode: reason\n"            # put before every task prompt the guide sees
+    batch_size: int = Field(64, gt=0)          # rows per forward of its generate / score calls
+
+
 class GuideSection(Section):
-    """Which guide writes the chain of thought (exactly one source), where it runs, and how its text is used."""
+    """Which guide writes the chain of thought (at most one source), where it runs, and how its text is used.
+    No source: only rewards that need no guide (``reward.terms: {verifier: 1.0}``)."""
 
     config: str | None = None                  # a guide YAML (configs/guides/*.yaml)
     inline: dict[str, Any] | None = None       # or the same mapping inline
     task_rationales: bool = False              # or a dataset guide serving the task's own reference targets
+    self_guide: SelfGuideSection | None = None  # or the frozen learner itself with a header (one process only)
     options: dict[str, Any] = Field(default_factory=dict)  # override the guide config's backend options
     resources: GuideResources = GuideResources()
     cot: CotText = CotText()
 
     @model_validator(mode="after")
     def _one_source(self):
-        n = (self.config is not None) + (self.inline is not None) + self.task_rationales
-        if n != 1:
-            raise ValueError("set exactly one of guide.config (a guide YAML), guide.inline (a guide mapping) "
-                             "and guide.task_rationales: true")
+        if self.sources > 1:
+            raise ValueError("set at most one of guide.config (a guide YAML), guide.inline (a guide mapping), "
+                             "guide.task_rationales: true and guide.self_guide")
         return self
+
+    @property
+    def sources(self) -> int:
+        return (self.config is not None) + (self.inline is not None) + self.task_rationales + \
+            (self.self_guide is not None)
+
+
+COT_TERMS = ("match", "guide_logprob", "reverse_kl", "multistep")   # rewards on the guide's CoT positions
+ROLLOUT_TERMS = ("verifier", "on_policy")   # rewards on the learner's own sampled answers
+GUIDE_SCORED = ("guide_logprob", "reverse_kl", "multistep", "on_policy")   # ask the guide for log-probabilities
 
 
 class RewardConfig(Section):
-    """Per-token alignment reward on the guide's CoT (see ``rl_statetune.rl.rewards``)."""
+    """The reward: one term ``kind`` (a per-token alignment reward on the guide's CoT, ``rl_statetune.rl.rewards``)
+    or weighted ``terms``: at most one CoT term plus the rollout terms, on G answers the learner samples itself
+    (``rl_statetune.rl.outcome``): ``verifier`` (the task's answer check, 1/0, GRPO over the G answers) and
+    ``on_policy`` (per token ``log p_guide(a_t) - log p_learner(a_t)`` of the learner's own text, one guide score
+    call per batch). The loss is the weighted sum of the terms' policy-gradient losses."""
 
     kind: Literal["match", "guide_logprob", "reverse_kl", "multistep"] = "match"
+    terms: dict[Literal["match", "guide_logprob", "reverse_kl", "multistep", "verifier", "on_policy"],
+                float] | None = None               # term -> weight (> 0); None: {kind: 1.0}
+    max_new_tokens: int | None = Field(None, gt=0)   # rollout terms: answer length cap (None: eval_max_new_tokens)
     samples: int = Field(4, gt=0)              # actions sampled per position (the GRPO group)
     temperature: float = Field(1.0, gt=0)      # learner sampling temperature
     floor_logprob: float = Field(-20.0, le=0)  # guide log-prob of a token the guide cannot score (eos, bytes)
@@ -86,6 +114,36 @@ class RewardConfig(Section):
     # there instead of costing a query (0 = off: every action other than the guide's own token is a query).
     # vLLM caps k at its max_logprobs (20 unless raised in engine_kwargs).
     guide_top_k: int = Field(20, ge=0)
+
+    @model_validator(mode="after")
+    def _terms(self):
+        if self.terms is not None:
+            if not self.terms:
+                raise ValueError("reward.terms is empty; name at least one term, e.g. {verifier: 1.0}")
+            if any(w <= 0 for w in self.terms.values()):
+                raise ValueError("reward.terms weights must be > 0 (leave a term out to turn it off)")
+            cot = [t for t in self.terms if t in COT_TERMS]
+            if len(cot) > 1:
+                raise ValueError(f"reward.terms holds {len(cot)} CoT terms {cot}; at most one of {list(COT_TERMS)}")
+        return self
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(self.terms) if self.terms is not None else {self.kind: 1.0}
+
+    @property
+    def cot_term(self) -> str | None:
+        """The reward on the guide's CoT positions, if any."""
+        return next((t for t in self.weights if t in COT_TERMS), None)
+
+    @property
+    def rollout_terms(self) -> dict[str, float]:
+        return {t: w for t, w in self.weights.items() if t in ROLLOUT_TERMS}
+
+    @property
+    def guide_scored(self) -> bool:
+        """Whether a term asks the guide for log-probabilities (a guide that can score is needed)."""
+        return any(t in GUIDE_SCORED for t in self.weights)
 
 
 class PGConfig(Section):
@@ -115,13 +173,25 @@ class RLConfig(RunConfig):
     """A guide-driven RL run: every section of ``tune`` (model, data, optim, train, upscale, dbp) plus the guide,
     the reward, the policy gradient and the Ray layout."""
 
-    guide: GuideSection
+    guide: GuideSection = GuideSection()
     reward: RewardConfig = RewardConfig()
     pg: PGConfig = PGConfig()
     optim: OptimConfig = OptimConfig(lr=0.1, lr_final=0.01)
     train: TrainConfig = TrainConfig(steps=40, batch_size=4, log_every=5, ckpt_every=20, out_dir="runs/rl",
                                      eval_max_new_tokens=40)
     distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _guide_for_reward(self):
+        r, g = self.reward, self.guide
+        if g.sources == 0 and (r.cot_term is not None or r.guide_scored or g.cot.verify):
+            what = r.cot_term or ("on_policy" if r.guide_scored else "guide.cot.verify")
+            raise ValueError(f"{what} needs a guide: set guide.config, guide.inline, guide.task_rationales or "
+                             "guide.self_guide (only reward.terms: {verifier: w} runs without one)")
+        if g.cot.verify and r.cot_term is None:
+            raise ValueError("guide.cot.verify filters the guide's CoTs for a CoT term (match, guide_logprob, "
+                             "reverse_kl, multistep); reward.terms has none")
+        return self
 
 
 def load_rl_config(path: str | Path, overrides: list[str] | None = None) -> RLConfig:

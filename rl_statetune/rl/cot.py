@@ -13,6 +13,7 @@ from rl_statetune_guides.prompting import fill_template
 from rl_statetune.data import Example
 from rl_statetune.rl.align import attribute, char_spans
 from rl_statetune.rl.config import CotText
+from rl_statetune.rl.verifier import reference_answer
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class CotItem:
     suffix: str = "\n"
     answer: str = ""
     scored: ScoredText | None = None    # the guide's scores of its own text (rewards that use guide log-probs)
+    accepted: bool = True               # False: the verifier rejected the CoT's answer (guide.cot.verify)
 
     @property
     def cot(self) -> str:
@@ -34,11 +36,12 @@ class CotItem:
 
 def make_items(examples: Sequence[Example], texts: Sequence[str], cfg: CotText,
                scored: Sequence[ScoredText] | None = None) -> list[CotItem]:
-    """Pair task examples with the guide's raw outputs (stripped and cut to ``cfg.max_chars``)."""
+    """Pair task examples with the guide's raw outputs (stripped and cut to ``cfg.max_chars``). The item's
+    ``answer`` is what the verifier checks against: the example's answer, else its target's ``#### N``."""
     if len(examples) != len(texts):
         raise ValueError(f"{len(examples)} examples but {len(texts)} guide outputs")
-    return [CotItem(e.prompt, guide_prompt(e.prompt, cfg), t, cfg.join, cfg.suffix, e.answer,
-                    scored[i] if scored is not None else None)
+    return [CotItem(e.prompt, guide_prompt(e.prompt, cfg), t, cfg.join, cfg.suffix,
+                    reference_answer(e.answer, e.target), scored[i] if scored is not None else None)
             for i, (e, t) in enumerate(zip(examples, texts))]
 
 

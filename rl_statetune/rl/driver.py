@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.guides import resolve_guide_config
-from rl_statetune.rl.learner import GUIDE_SCORED_REWARDS, Learner
-from rl_statetune.rl.source import NEEDS_COT_SCORES, CotSource
+from rl_statetune.rl.learner import Learner
+from rl_statetune.rl.self_guide import SelfGuide
+from rl_statetune.rl.source import make_source
 from rl_statetune.run.folder import Interrupted, RunDir, stop_on_signals
 from rl_statetune.run.heldout import HeldOut, run_held_out
 from rl_statetune.run.setup import check_skipped, make_tunable, save_tuned, start_run
@@ -83,13 +84,15 @@ class LocalExecutor:
 
     def __init__(self, cfg: RLConfig, model, tok, train, tunable, work_dir: Path, guide: Guide | None = None):
         self.own_guide = guide is None
-        self.guide = build_guide(resolve_guide_config(cfg.guide, cfg.data, work_dir)) if guide is None else guide
-        # the reward's guide calls must not run concurrently with the prefetch on a guide that is not thread-safe
-        self.prefetch = cfg.reward.kind not in GUIDE_SCORED_REWARDS
-        self.learner = Learner(model, tok, cfg, self.guide if cfg.reward.kind in GUIDE_SCORED_REWARDS else None,
+        if guide is None:
+            guide = make_local_guide(cfg, model, tok, work_dir)
+        self.guide = guide
+        # the reward's guide calls must not run concurrently with the prefetch on a guide that is not thread-safe;
+        # the self-guide shares this process's cores with the learner: nothing to overlap
+        self.prefetch = not cfg.reward.guide_scored and not isinstance(guide, SelfGuide)
+        self.learner = Learner(model, tok, cfg, self.guide if cfg.reward.guide_scored else None,
                                seed=cfg.train.seed, tunable=tunable)
-        self.source = CotSource(self.guide, train, cfg.guide.cot, cfg.train.batch_size, cfg.train.seed, tok,
-                                score=cfg.reward.kind in NEEDS_COT_SCORES, top_k=cfg.reward.guide_top_k)
+        self.source = make_source(cfg, self.guide, train, tok)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="cot-prefetch")
         self.pending: dict[int, Future] = {}
 
@@ -112,7 +115,9 @@ class LocalExecutor:
         return {**self.learner.train_step(items, step, total_steps), "wait_s": waited}
 
     def stats(self) -> dict:
-        return {"guide_tokens_per_s": self.source.stats.tokens_per_s}
+        st = self.source.stats
+        return {"guide_tokens_per_s": st.tokens_per_s, "guide_tokens": st.tokens, "cot_kept_total": st.kept,
+                "cot_dropped_total": st.dropped}
 
     def checkpoint(self) -> dict:
         return self.learner.checkpoint()
@@ -122,14 +127,27 @@ class LocalExecutor:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.own_guide:
+        if self.own_guide and self.guide is not None:
             self.guide.close()
+
+
+def make_local_guide(cfg: RLConfig, model, tok, work_dir: Path) -> Guide | None:
+    """The ``guide`` section's guide in this process: none, the frozen learner with a header, or a backend."""
+    g = cfg.guide
+    if g.sources == 0:
+        return None
+    if g.self_guide is not None:
+        return SelfGuide(model, tok, g.self_guide.header, g.cot.stop or ("\n",), g.self_guide.batch_size)
+    return build_guide(resolve_guide_config(g, cfg.data, work_dir))
 
 
 def run_rl(cfg: RLConfig, resume: bool = False, progress: bool = True, guide: Guide | None = None,
            ray: bool = False, overwrite: bool = False) -> RLResult:
     """Tune the tunables with guide rewards, in this process or (``ray``) on Ray with
     ``distributed.num_learners`` learners. ``guide`` overrides ``cfg.guide`` in-process (e.g. a loaded model)."""
+    if ray and (cfg.guide.sources == 0 or cfg.guide.self_guide is not None):
+        raise ValueError("--ray needs a guide backend (guide.config, guide.inline or guide.task_rationales); "
+                         "a run with no guide or with guide.self_guide runs in one process: drop --ray")
     run = RunDir(cfg.train.out_dir, cfg.model_dump(mode="json"), resume, overwrite)
     try:
         return _run_rl(run, cfg, progress, guide, ray)
@@ -155,6 +173,7 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
         before = run_held_out(cfg, model, tok, held, None)
     if ray:
         from rl_statetune.rl.ray_executor import RayExecutor
+
 
         ex: Executor = RayExecutor(cfg, run.path)
     else:

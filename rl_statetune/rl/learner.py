@@ -1,9 +1,15 @@
 """The learner: a frozen RWKV-7 whose only trainable parameters are its tunables (the initial WKV state S0;
 with ``upscale`` also the lifted state S~0 and the decorrelation R, which DBP updates after every step).
 
-A step scores every position of a batch of guide CoTs in ONE teacher-forced parallel forward: the hidden
-states at all CoT positions give the learner's next-token distributions, ``G`` actions are sampled per
-position, rewarded against the guide, and the policy-gradient surrogate is backpropagated into the tunables.
+A step has up to two parts, weighted by ``reward.terms`` and summed into one loss:
+
+* the CoT term scores every position of a batch of guide CoTs in ONE teacher-forced parallel forward: the hidden
+  states at all CoT positions give the learner's next-token distributions, ``G`` actions are sampled per
+  position and rewarded against the guide;
+* the rollout terms (``rl.outcome``): the learner samples ``G`` whole answers per prompt, the task's verifier
+  and / or the guide judge them, and their log-probabilities come from one teacher-forced forward.
+
+The policy-gradient surrogate is backpropagated into the tunables.
 """
 
 from __future__ import annotations
@@ -14,10 +20,17 @@ from collections import Counter
 import torch
 from rl_statetune_guides import Guide
 
-from rl_statetune.lm import NonFiniteLogits, check_finite
+from rl_statetune.lm import NonFiniteLogits, check_finite, pad_right
 from rl_statetune.model import RWKV7
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotBatch, CotItem, collate_cots
+from rl_statetune.rl.outcome import (
+    combine,
+    decode_with_spans,
+    guide_token_logprobs,
+    token_mean_loss,
+    verifier_rewards,
+)
 from rl_statetune.rl.policy_gradient import EmaBaseline, advantages, l2_penalty, pg_loss
 from rl_statetune.rl.rewards import (
     guide_logprob_reward,
@@ -26,8 +39,15 @@ from rl_statetune.rl.rewards import (
     multistep_reward,
     reverse_kl_reward,
 )
-from rl_statetune.rl.rollout import sample_rollouts, sequence_logprobs
+from rl_statetune.rl.rollout import (
+    sample_answers,
+    sample_rollouts,
+    sequence_logprobs,
+    stop_token_mask,
+    token_logprobs,
+)
 from rl_statetune.rl.source import CountingGuide
+from rl_statetune.rl.verifier import make_check
 from rl_statetune.run.setup import AllReduce, diverged, guarded_step, lr_at, make_optimizer, set_lr, state_norms
 from rl_statetune.state import TimeState
 
@@ -44,9 +64,11 @@ class Learner:
     def __init__(self, model: RWKV7, tokenizer, cfg: RLConfig, guide: Guide | None = None, seed: int = 0,
                  tunable: TimeState | None = None):
         """``tunable``: the run's tunables (``run.setup.make_tunable``); default a zero ``TimeState``."""
-        if cfg.reward.kind in GUIDE_SCORED_REWARDS and guide is None:
-            raise ValueError(f"reward {cfg.reward.kind!r} asks the guide for log-probabilities; pass a guide")
+        if cfg.reward.guide_scored and guide is None:
+            raise ValueError(f"reward {cfg.reward.weights} asks the guide for log-probabilities; pass a guide")
         self.model, self.tok, self.cfg = model, tokenizer, cfg
+        self.check = make_check(cfg.data)   # the task's answer check (verifier term)
+        self._stop_mask: torch.Tensor | None = None
         self.guide = None if guide is None else CountingGuide(guide)   # the reward's queries, logged per step
         self.device = model.emb.weight.device
         self.state = (tunable if tunable is not None else TimeState(model.config)).to(self.device)
@@ -83,7 +105,7 @@ class Learner:
         """The positions whose actions get a reward this step: all (None), or ``reward.scored_positions`` of them
         drawn at random when the reward needs a guide query per action."""
         budget = self.cfg.reward.scored_positions
-        if budget is None or budget >= n_positions or self.cfg.reward.kind == "match":
+        if budget is None or budget >= n_positions or self.cfg.reward.cot_term == "match":
             return None
         rows = torch.randperm(n_positions, generator=self.generator, device=self.generator.device)[:budget]
         return rows.sort().values.to(self.device)
@@ -92,7 +114,7 @@ class Learner:
                             rows: torch.Tensor | None = None) -> torch.Tensor:
         """[R, G] rewards of ``actions`` sampled from ``logp`` ([R, V], [R, G]) at the CoT positions ``rows``
         (indices into ``batch.positions()``; default all)."""
-        kind = self.cfg.reward.kind
+        kind = self.cfg.reward.cot_term
         a = actions.cpu()
         rows_list = None if rows is None else rows.tolist()
         if kind == "match":
@@ -106,9 +128,32 @@ class Learner:
         raise ValueError(f"{kind!r} is not a single-step reward")
 
     # -- losses ------------------------------------------------------------------------------------------------
-    def loss(self, batch: CotBatch) -> tuple[torch.Tensor, dict]:
-        if self.cfg.reward.kind == "multistep":
-            return self._multistep_loss(batch)
+    def loss(self, items: list[CotItem]) -> tuple[torch.Tensor, dict]:
+        """The weighted sum of the terms' losses on one batch of items, and the step's metrics (``reward``: the
+        CoT term's mean reward, else the verifier's share of right answers, else the on-policy token reward)."""
+        rc = self.cfg.reward
+        total = self.penalty()
+        metrics: dict = {"tokens": 0}
+        cot = rc.cot_term
+        if cot is not None:
+            kept = [it for it in items if it.accepted]
+            metrics.update(cot_kept=len(kept), cot_dropped=len(items) - len(kept))
+            if kept:
+                batch = self.collate(kept)
+                loss, m = self._multistep_loss(batch) if cot == "multistep" else self._cot_loss(batch)
+                total = total + rc.weights[cot] * loss
+                metrics.update(m, tokens=batch.n_tokens)
+            else:
+                metrics["reward"] = float("nan")
+        if rc.rollout_terms:
+            loss, m = self._rollout_loss(items)
+            total = total + loss
+            metrics.update(m, tokens=metrics["tokens"] + m["rollout_tokens"])
+            if cot is None:
+                metrics["reward"] = m.get("verifier_reward", m.get("on_policy_reward"))
+        return total, metrics
+
+    def _cot_loss(self, batch: CotBatch) -> tuple[torch.Tensor, dict]:
         rc, pc = self.cfg.reward, self.cfg.pg
         logp = self.policy_logprobs(batch)
         rows = self.scored_rows(logp.shape[0])
@@ -117,7 +162,7 @@ class Learner:
         rewards = self.single_step_rewards(batch, logp_r, actions, rows)
         adv = advantages(rewards, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
         lp = logp_r.gather(1, actions)
-        loss = pg_loss(lp, adv.to(lp.device)) + self.penalty()
+        loss = pg_loss(lp, adv.to(lp.device))
         targets = batch.targets.to(self.device)
         return loss, {"reward": float(rewards.mean()),
                       "match_argmax": float((logp.detach().argmax(-1) == targets).float().mean()),
@@ -150,8 +195,49 @@ class Learner:
         rewards = multistep_reward(self.guide, items, chars, [texts[n * G:(n + 1) * G] for n in range(N)],
                                    seq_lp.view(N, G).cpu(), k, rc.floor_logprob)
         adv = advantages(rewards, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
-        loss = pg_loss(seq_lp.view(N, G), adv.to(seq_lp.device)) + self.penalty()
+        loss = pg_loss(seq_lp.view(N, G), adv.to(seq_lp.device))
         return loss, {"reward": float(rewards.mean()), "positions": N * G * k}
+
+    def stop_mask(self) -> torch.Tensor:
+        if self._stop_mask is None:
+            self._stop_mask = stop_token_mask(self.tok, self.model.head.weight.shape[0])
+        return self._stop_mask
+
+    def sample_answers(self, items: list[CotItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor]:
+        """G answers per item from the tuned state: prompt rows (idx, lengths), answer ids and mask, all
+        [N * G, ...] with row ``n * G + g`` prompt ``n``'s ``g``-th answer."""
+        rc = self.cfg.reward
+        G = rc.samples
+        prompts = [self.tok.encode(it.prompt) for it in items for _ in range(G)]
+        idx, lengths = pad_right(prompts, 0, self.device)
+        ids, mask = sample_answers(self.model, self.init_state, idx, lengths,
+                                   rc.max_new_tokens or self.cfg.train.eval_max_new_tokens, rc.temperature,
+                                   self.stop_mask(), self.generator)
+        return idx, lengths, ids, mask
+
+    def _rollout_loss(self, items: list[CotItem]) -> tuple[torch.Tensor, dict]:
+        rc, pc = self.cfg.reward, self.cfg.pg
+        terms, G = rc.rollout_terms, rc.samples
+        idx, lengths, ids, mask = self.sample_answers(items)
+        decoded = [decode_with_spans(self.tok, row[m].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
+        texts = [t for t, _ in decoded]
+        lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature)   # [N*G, K], grad
+        m = mask.cpu()
+        metrics: dict = {"rollout_tokens": int(m.sum()) + int(lengths.sum()),
+                         "answer_tokens": float(m.sum(1).float().mean())}
+        v_adv = r_tok = None
+        if "verifier" in terms:
+            v = verifier_rewards(self.check, items, texts, G)
+            v_adv = advantages(v, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
+            metrics["verifier_reward"] = float(v.mean())
+        if "on_policy" in terms:
+            g, judged = guide_token_logprobs(self.guide, items, texts, [s for _, s in decoded], G, ids.shape[1],
+                                             rc.floor_logprob)
+            r_tok = (g - lp.detach().cpu()) * judged * m
+            metrics["on_policy_reward"] = float(r_tok.sum() / m.sum().clamp_min(1))
+        adv = combine(terms, m, v_adv, r_tok).to(lp.device)
+        return token_mean_loss(lp, adv, mask), metrics
 
     def _rollout_text(self, ids: list[int]) -> str:
         cut = ids.index(self.tok.eos_id) if self.tok.eos_id in ids else len(ids)
@@ -163,21 +249,21 @@ class Learner:
         """One update from ``items``: policy gradient into every tunable, then DBP. ``allreduce`` averages the
         gradients and the DBP statistics over data-parallel learners (so their tunables stay identical)."""
         t0 = time.perf_counter()
-        batch = self.collate(items)
         self.opt.zero_grad(set_to_none=True)
         try:
-            loss, metrics = self.loss(batch)
+            loss, metrics = self.loss(items)
         except NonFiniteLogits:   # the state diverged at an earlier step: skipping cannot help
             raise diverged("the learner's policy is not finite (its state diverged at an earlier step)", self.cfg,
                            step, skippable=False) from None
-        loss.backward()
+        if loss.requires_grad:      # not when every CoT was dropped and no other term is on
+            loss.backward()
         lr = lr_at(step, total_steps, self.cfg.optim)
         set_lr(self.opt, lr)
         stepped = guarded_step(self.state, self.opt, float(loss.detach()), self.cfg, step, allreduce)
         calls = self.guide.take() if self.guide is not None else {"guide_calls": 0, "guide_queries": 0,
                                                                   "guide_tokens": 0}
         resolved, self.resolved = self.resolved, Counter()
-        metrics.update(loss=float(loss.detach()), lr=lr, tokens=batch.n_tokens, learner_s=time.perf_counter() - t0,
+        metrics.update(loss=float(loss.detach()), lr=lr, learner_s=time.perf_counter() - t0,
                        skipped=int(not stepped), reward_guide_calls=calls["guide_calls"],
                        reward_guide_queries=calls["guide_queries"], reward_guide_tokens=calls["guide_tokens"],
                        reward_actions_own=resolved["own"], reward_actions_top_k=resolved["top_k"],

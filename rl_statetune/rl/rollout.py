@@ -1,4 +1,5 @@
-"""Learner rollouts for the multi-step reward: branch from CoT prefixes, sample k tokens, and score them
+"""Learner rollouts: k tokens branched from CoT prefixes (the multi-step reward), or whole answers from the task
+prompts (the rollout terms: verifier, on-policy guide scoring); sampled batched on the recurrent path, then scored
 again with gradient in one teacher-forced forward."""
 
 from __future__ import annotations
@@ -41,6 +42,54 @@ def rollout_mask(rollouts: torch.Tensor, eos_id: int = 0) -> torch.Tensor:
 def sequence_logprobs(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends: torch.Tensor,
                       rollouts: torch.Tensor, temperature: float, eos_id: int = 0) -> torch.Tensor:
     """[N] log-probability of each rollout after its prefix (with gradient to the initial state)."""
+    lp = token_logprobs(model, init_state, idx, ends, rollouts, temperature)
+    return (lp * rollout_mask(rollouts, eos_id)).sum(1)
+
+
+def stop_token_mask(tokenizer, vocab_size: int, stop: str = "\n") -> torch.Tensor:
+    """[V] bool: tokens whose bytes hold ``stop`` (an answer line ends with them), end-of-text, and the ids the
+    tokenizer has no bytes for (the head's padding rows)."""
+    needle = stop.encode()
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(vocab_size):
+        try:
+            mask[i] = bool(needle) and needle in tokenizer.token_bytes(i)
+        except (KeyError, IndexError):
+            mask[i] = True
+    mask[tokenizer.eos_id] = True
+    return mask
+
+
+@torch.no_grad()
+def sample_answers(model: RWKV7, init_state: InitState, idx: torch.Tensor, lengths: torch.Tensor,
+                   max_new_tokens: int, temperature: float, stop_mask: torch.Tensor,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one answer per row of right-padded prompts ``idx`` [N, T] (``lengths`` [N]), batched on the
+    recurrent path, until a stop token (kept) or ``max_new_tokens``. Returns ids [N, K] (0 after the end) and
+    mask [N, K] (True on the answer's tokens, the stop token included)."""
+    N = idx.shape[0]
+    logits, state = model(idx, init_state(N), lengths=lengths)
+    last = logits[torch.arange(N), lengths - 1]
+    stop_mask = stop_mask.to(idx.device)
+    done = torch.zeros(N, dtype=torch.bool, device=idx.device)
+    ids, masks = [], []
+    for _ in range(max_new_tokens):
+        check_finite(last, "the learner's answer logits")
+        nxt = sample(last, temperature, 1.0, generator)
+        masks.append(~done)
+        ids.append(torch.where(done, torch.zeros_like(nxt), nxt))
+        done = done | stop_mask[nxt]
+        if bool(done.all()):
+            break
+        logits, state = model(nxt[:, None], state)
+        last = logits[:, -1]
+    return torch.stack(ids, 1), torch.stack(masks, 1)
+
+
+def token_logprobs(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends: torch.Tensor,
+                   rollouts: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[N, k] log-probability of each rollout token after its prefix ``idx[n, :ends[n]]``, in one teacher-forced
+    forward with gradient into the tunables (through ``init_state``)."""
     N, k = rollouts.shape
     T = int(ends.max()) + k
     rows = torch.zeros(N, T, dtype=torch.long, device=idx.device)
@@ -52,5 +101,4 @@ def sequence_logprobs(model: RWKV7, init_state: InitState, idx: torch.Tensor, en
     pos = (ends - 1)[:, None] + torch.arange(k, device=idx.device)[None]       # [N, k] predicting positions
     h = hidden[torch.arange(N, device=idx.device)[:, None], pos]               # [N, k, C]
     logp = torch.log_softmax(model.head(h).float() / temperature, dim=-1)
-    lp = logp.gather(-1, rollouts[..., None])[..., 0]
-    return (lp * rollout_mask(rollouts, eos_id)).sum(1)
+    return logp.gather(-1, rollouts[..., None])[..., 0]

@@ -5,14 +5,16 @@ Batch ``i`` depends only on (seed, i), so a resumed run, or any number of produc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 from rl_statetune_guides import Guide
 
 from rl_statetune.data import Example
-from rl_statetune.rl.config import CotText
+from rl_statetune.rl.config import CotText, RLConfig
 from rl_statetune.rl.cot import CotItem, clean_guide_text, guide_prompt, make_items
+from rl_statetune.rl.verifier import Check, make_check
 from rl_statetune.run.setup import BatchOrder
 
 # rewards that need the guide's scores of its own CoT (to reward actions that equal the guide's token)
@@ -24,6 +26,8 @@ class GuideStats:
     seconds: float = 0.0
     tokens: int = 0        # RWKV tokens of the guide's text: comparable across guides with different tokenizers
     batches: int = 0
+    kept: int = 0          # CoTs the verifier accepted / rejected (guide.cot.verify)
+    dropped: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -59,14 +63,16 @@ class CountingGuide(Guide):
 
 
 class CotSource:
-    """``batch(i)`` asks the guide for the CoTs of the i-th batch of task prompts."""
+    """``batch(i)`` asks the guide for the CoTs of the i-th batch of task prompts. ``guide`` None: the items are
+    the prompts alone (rewards on the learner's own answers need no CoT). ``verify``: the task's answer check;
+    a CoT it rejects is marked ``accepted=False`` (rejection-filtered guidance)."""
 
-    def __init__(self, guide: Guide, examples: list[Example], section: CotText, batch_size: int,
-                 seed: int, tokenizer, score: bool = False, top_k: int = 0):
+    def __init__(self, guide: Guide | None, examples: list[Example], section: CotText, batch_size: int,
+                 seed: int, tokenizer, score: bool = False, top_k: int = 0, verify: Check | None = None):
         if not examples:
             raise ValueError("no task examples to ask the guide about")
         self.guide, self.examples, self.section, self.tok, self.score = guide, examples, section, tokenizer, score
-        self.top_k = top_k
+        self.top_k, self.verify = top_k, verify
         self.order = BatchOrder(len(examples), min(batch_size, len(examples)), seed)
         self.stats = GuideStats()
 
@@ -77,6 +83,8 @@ class CotSource:
         """The CoT items of batch ``i``: one batched generate call, and one score call when the reward needs the
         guide's scores of its own text (with its top-k next tokens at each position when ``top_k``)."""
         exs = self.examples_for(i)
+        if self.guide is None:
+            return make_items(exs, [""] * len(exs), self.section)
         prompts = [guide_prompt(e.prompt, self.section) for e in exs]
         t0 = time.perf_counter()
         texts = [clean_guide_text(t, self.section)
@@ -85,4 +93,20 @@ class CotSource:
         self.stats.seconds += time.perf_counter() - t0
         self.stats.tokens += sum(len(self.tok.encode(t)) for t in texts)
         self.stats.batches += 1
-        return make_items(exs, texts, self.section, scored)
+        items = make_items(exs, texts, self.section, scored)
+        if self.verify is not None:
+            items = [dataclasses.replace(it, accepted=self.verify(it.cot, it.answer)) for it in items]
+            kept = sum(it.accepted for it in items)
+            self.stats.kept += kept
+            self.stats.dropped += len(items) - kept
+        return items
+
+
+def make_source(cfg: RLConfig, guide: Guide | None, examples: list[Example], tokenizer) -> CotSource:
+    """The run's CoT source: the guide writes CoTs only when a CoT term needs them (scored with top-k for the
+    guide-scored CoT terms), filtered by the verifier with ``guide.cot.verify``."""
+    r = cfg.reward
+    writer = guide if r.cot_term is not None else None
+    return CotSource(writer, examples, cfg.guide.cot, cfg.train.batch_size, cfg.train.seed, tokenizer,
+                     score=r.cot_term in NEEDS_COT_SCORES, top_k=r.guide_top_k,
+                     verify=make_check(cfg.data) if cfg.guide.cot.verify else None)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from rl_statetune.rl.config import RLConfig
-from rl_statetune.rl.learner import GUIDE_SCORED_REWARDS, Learner
-from rl_statetune.rl.source import NEEDS_COT_SCORES, CotSource, GuideStats
+from rl_statetune.rl.learner import Learner
+from rl_statetune.rl.source import GuideStats, make_source
 
 
 class CotProducer:
@@ -37,11 +37,7 @@ class CotProducer:
         self.cfg = RLConfig.model_validate(cfg)
         train, _ = load_examples(self.cfg.data)
         tok = WorldTokenizer()
-        score = self.cfg.reward.kind in NEEDS_COT_SCORES
-        self.sources = [CotSource(RemoteGuide(h, guide_timeout_s), train, self.cfg.guide.cot,
-                                  self.cfg.train.batch_size, self.cfg.train.seed, tok, score,
-                                  self.cfg.reward.guide_top_k)
-                        for h in guide_handles]
+        self.sources = [make_source(self.cfg, RemoteGuide(h, guide_timeout_s), train, tok) for h in guide_handles]
         self.queues = queues
         self.put_wait_s = 0.0
 
@@ -75,9 +71,12 @@ class CotProducer:
             s.seconds += src.stats.seconds
             s.tokens += src.stats.tokens
             s.batches += src.stats.batches
+            s.kept += src.stats.kept
+            s.dropped += src.stats.dropped
         # replicas run concurrently: throughput is the sum of per-replica rates
         rate = sum(src.stats.tokens_per_s for src in self.sources if src.stats.seconds > 0)
         return {"guide_tokens": s.tokens, "guide_s": s.seconds, "guide_batches": s.batches,
+                "cot_kept_total": s.kept, "cot_dropped_total": s.dropped,
                 "guide_tokens_per_s": rate if s.seconds > 0 else float("nan"), "producer_put_wait_s": self.put_wait_s}
 
 
@@ -97,7 +96,7 @@ class LearnerWorker:
         model, tok, train, _ = start_run(self.cfg, "cuda" if d.learner_gpus > 0 else "cpu")
         tunable = make_tunable(model, tok, train, self.cfg)   # deterministic: identical on every learner
         guide = None
-        if self.cfg.reward.kind in GUIDE_SCORED_REWARDS:
+        if self.cfg.reward.guide_scored:
             from rl_statetune_guides.ray_actor import RemoteGuide
 
             guide = RemoteGuide(guide_handle, queue_timeout_s)
