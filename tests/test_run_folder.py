@@ -392,3 +392,19 @@ def test_resume_trims_the_metrics_after_the_checkpoint(tiny_world_ckpt, tmp_path
     assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume"]) == 0
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9)), steps
+
+
+@pytest.mark.parametrize("model", ["{tmp}/models/task-guide", "models/no-such-guide", "./guide/"])
+def test_a_missing_guide_model_folder_is_named(tmp_path, capsys, monkeypatch, model):
+    """Issue 24.9: transformers said "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    model = model.format(tmp=tmp_path)
+    cfg = tmp_path / "rl.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"path": "embedded"}, "data": {"train_size": 4, "eval_size": 2},
+        "guide": {"inline": {"backend": "transformers", "options": {"model": model}}},
+        "train": {"steps": 1, "batch_size": 2, "out_dir": str(tmp_path / "rl"), "eval": False}}))
+    assert cli_main(["rl", "--config", str(cfg), "--no-progress"]) == 2
+    err = one_line_error(capsys, f"no model folder at {model}", "does not exist")
+    assert "Repo id" not in err
