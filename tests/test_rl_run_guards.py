@@ -1,0 +1,63 @@
+"""Issue 24, the RL / Ray cases: the documented cluster recipe fits the demo's pre-flight, result.json carries what
+the console prints, the measuring script reads an RL config, paths of a submitted job, the failing actor named."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl_statetune.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_documented_ray_heads_fit_the_demos_preflight(tmp_path):
+    """Issue 24.15: docs/rl.md's `ray start --head --num-cpus 2` failed the demo's own pre-flight (needs 3)."""
+    from rl_statetune.rl.config import load_rl_config
+    from rl_statetune.rl.guides import resolve_guide_config
+    from rl_statetune.rl.ray_executor import plan_bundles, preflight
+
+    cfg = load_rl_config(REPO / "configs/rl_cpu_demo.yaml")
+    g, learners = plan_bundles(cfg, resolve_guide_config(cfg.guide, cfg.data, tmp_path))
+    found = 0
+    for doc in ("README.md", "docs/rl.md"):
+        for n in re.findall(r"ray start --head --num-cpus (\d+)", (REPO / doc).read_text()):
+            preflight(g + learners, {"CPU": float(n)})
+            found += 1
+    assert found >= 2
+    with pytest.raises(Exception, match="needs 3 CPU"):
+        preflight(g + learners, {"CPU": 2.0})
+
+
+def test_result_json_carries_the_steady_idle_share(tiny_world_ckpt, tmp_path, capsys):
+    """Issue 24.15: the console's 'idle share after it' was not in result.json."""
+    from rl_statetune.rl.driver import RLResult, steady_idle_share
+
+    out = tmp_path / "rl"
+    cfg = tmp_path / "rl.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"path": str(tiny_world_ckpt)}, "data": {"train_size": 8, "eval_size": 4},
+        "guide": {"task_rationales": True}, "reward": {"kind": "match", "samples": 2},
+        "train": {"steps": 3, "batch_size": 2, "log_every": 1, "out_dir": str(out), "eval": False}}))
+    assert cli_main(["rl", "--config", str(cfg), "--no-progress"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    want = steady_idle_share(RLResult.from_dict(res))
+    assert res["steady_idle_share"] == pytest.approx(want) and 0 <= want <= 1
+    assert f"idle share after it {100 * want:.1f} %" in capsys.readouterr().out
+
+
+def test_measure_reasoning_reads_an_rl_config():
+    """Issue 24.15: scripts/measure_reasoning.py refused configs/rl_cpu_demo.yaml (guide/reward/pg/distributed:
+    Extra inputs are not permitted); it reads the run sections it needs."""
+    res = subprocess.run([sys.executable, "scripts/measure_reasoning.py", "--config", "configs/rl_cpu_demo.yaml",
+                          "--limit", "2", "--max-new-tokens", "4"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    assert row["model"] == "embedded:reason" and row["n"] == 2
