@@ -109,6 +109,7 @@ def test_ray_runs_are_reproducible_all_reduce_every_tunable_and_resume_after_a_k
     kill_actor_after_checkpoint(tmp_path / "c", "rl-learner-1-")
     t.join(timeout=300)
     assert failure and "--resume" in str(failure[0]), failure
+    assert str(failure[0]).startswith("learner 1 failed during step"), failure   # the killed one (issue 24.13)
     assert not (tmp_path / "c" / "state.pth").exists()
     run_rl(c, resume=True, ray=True, progress=False)
     r = load_state(tmp_path / "c" / "state.safetensors")

@@ -61,3 +61,45 @@ def test_measure_reasoning_reads_an_rl_config():
     assert res.returncode == 0, res.stderr[-2000:]
     row = json.loads(res.stdout.strip().splitlines()[-1])
     assert row["model"] == "embedded:reason" and row["n"] == 2
+
+
+ray = pytest.importorskip("ray", reason="Ray is a dev dependency: pip install 'rl-statetune[ray]'")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def ray_cfg(tmp_path: Path, model, **over) -> Path:
+    base = {"model": {"path": str(model)}, "data": {"train_size": 8, "eval_size": 4},
+            "guide": {"task_rationales": True}, "reward": {"kind": "match", "samples": 2},
+            "train": {"steps": 3, "batch_size": 2, "log_every": 1, "ckpt_every": 1, "out_dir": str(tmp_path / "rl"),
+                      "eval": False},
+            "distributed": {"num_learners": 1, "learner_cpus": 1, "queue_size": 2, "ready_timeout_s": 30,
+                            "guide_timeout_s": 120, "guide_max_restarts": 0}}
+    for k, v in over.items():
+        base[k] = v if k == "guide" else {**base.get(k, {}), **v}
+    path = tmp_path / "rl.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def test_a_guide_that_fails_to_start_on_ray_is_named_and_no_resume_offered(local_ray, tiny_world_ckpt, tmp_path,
+                                                                           capsys):
+    """Issue 24.13: a guide actor that fails in its constructor was reported as 'a learner failed during step 1
+    (ActorDiedError ...); the last checkpoint is in train.out_dir, continue with --resume' with no checkpoint."""
+    missing = tmp_path / "models" / "task-guide"
+    cfg = ray_cfg(tmp_path, tiny_world_ckpt, guide={"inline": {"backend": "transformers",
+                                                               "options": {"model": str(missing)}},
+                                                    "resources": {"num_cpus": 1}})
+    assert cli_main(["rl", "--ray", "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    line = [x for x in err.splitlines() if "error:" in x][-1]
+    assert "the guide failed" in line and f"GuideError: guide options.model: no model folder at {missing}" in line, \
+        err[-3000:]
+    assert "learner" not in line.split("(")[0] and "--resume" not in line, line
