@@ -103,3 +103,43 @@ def test_a_guide_that_fails_to_start_on_ray_is_named_and_no_resume_offered(local
     assert "the guide failed" in line and f"GuideError: guide options.model: no model folder at {missing}" in line, \
         err[-3000:]
     assert "learner" not in line.split("(")[0] and "--resume" not in line, line
+
+
+def test_a_submitted_jobs_relative_paths_resolve_against_the_submitters_folder(tmp_path):
+    """Issues 24.3 / 24.14: in a `ray job submit` job the working directory is Ray's temporary copy without
+    models/: the guide's relative models/task-guide went to the hub, and the relative train.out_dir landed in the
+    copy (out of reach; reused by the next job, which then found 'already holds a run'). With --submit-dir "$PWD"
+    they resolve against the submitter's folder; without it, the job stops at once naming them and the fix."""
+    sys.path.insert(0, str(REPO))
+    from launch.submit_entry import job_args
+
+    from rl_statetune.rl.config import load_rl_config
+    from rl_statetune.rl.guides import resolve_guide_config
+
+    user = tmp_path / "user"
+    (user / "models" / "task-guide").mkdir(parents=True)
+    cfg = "configs/rl_cpu_demo.yaml"
+    args = job_args(["--submit-dir", str(user), "--config", cfg, "--set", "train.steps=2"], in_a_job=True)
+    assert "--submit-dir" not in args and str(user) not in args[:4]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    run = load_rl_config(REPO / cfg, sets)
+    assert run.train.out_dir == str(user / "runs/rl_cpu_demo") and run.train.steps == 2
+    guide = resolve_guide_config(run.guide, run.data, tmp_path).options
+    assert guide.guide["options"]["model"] == str(user / "models/task-guide")
+    assert guide.guide["options"]["dtype"] == "float32"          # the rest of the inner guide kept
+    # an absolute path stays; outside a job nothing changes without --submit-dir
+    args = job_args(["--submit-dir", str(user), "--config", cfg, "--set", f"train.out_dir={tmp_path}/o"], True)
+    assert not any(a.startswith("train.out_dir=" + str(user)) for a in args)
+    assert job_args(["--config", cfg], in_a_job=False) == ["--config", cfg]
+
+
+def test_a_job_without_submit_dir_stops_in_one_line_naming_the_paths(tmp_path):
+    """Issue 24.3: a real `python -m launch.submit_entry` process as Ray starts it in a job (its environment
+    marks the job): relative paths and no --submit-dir end it at once, exit 2, before any Ray or model work."""
+    res = subprocess.run([sys.executable, "-m", "launch.submit_entry", "--config", "configs/rl_cpu_demo.yaml"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "RAY_JOB_CONFIG_JSON_ENV_VAR": "{}", "RAY_ADDRESS": ""})
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rl-statetune rl: error:"), lines
+    assert "train.out_dir=runs/rl_cpu_demo" in lines[0] and '--submit-dir "$PWD"' in lines[0], lines[0]
