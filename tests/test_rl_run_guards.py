@@ -143,3 +143,15 @@ def test_a_job_without_submit_dir_stops_in_one_line_naming_the_paths(tmp_path):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("rl-statetune rl: error:"), lines
     assert "train.out_dir=runs/rl_cpu_demo" in lines[0] and '--submit-dir "$PWD"' in lines[0], lines[0]
+
+
+def test_a_diverged_ray_run_names_optim_lr_and_claims_no_checkpoint(local_ray, tmp_path, capsys):
+    """Issue 24.4 on Ray: the learner's non-finite policy reaches the driver as the learner's own one-line error
+    (naming optim.lr), not as 'the last checkpoint is in train.out_dir, continue with --resume'."""
+    cfg = ray_cfg(tmp_path, "embedded", optim={"lr": 1e20}, reward={"kind": "match", "samples": 4},
+                  train={"steps": 3, "batch_size": 2, "log_every": 1, "ckpt_every": 100,
+                         "out_dir": str(tmp_path / "rl"), "eval": False})
+    assert cli_main(["rl", "--ray", "--config", str(cfg), "--no-progress"]) == 2
+    line = [x for x in capsys.readouterr().err.splitlines() if "error:" in x][-1]
+    assert "optim.lr 1e+20" in line and "policy is not finite" in line and "--resume" not in line, line
+    assert not (tmp_path / "rl" / "state.pth").exists()

@@ -201,7 +201,8 @@ class RayExecutor:
             cause = getattr(e, "cause", None)
             if isinstance(cause, ValueError):     # bad input or a diverged run, raised inside a learner
                 raise cause from None
-            why = "; the others' all-reduce breaks with it" if who.startswith("learner") else ""
+            why = "; the others' all-reduce breaks with it" if who.startswith("learner") and len(self.learners) > 1 \
+                else ""
             raise WorkerDied(f"{who} failed during step {step + 1} ({own_error(e)}){why}; {self._after_failure()}") \
                 from e
         N = len(ms)
