@@ -11,11 +11,14 @@ A guide config names a ``backend`` and that backend's ``options``::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import GuideError
 
 __all__ = [
     "BACKENDS",
@@ -44,6 +47,22 @@ class Resources(_Strict):
 
     num_cpus: Annotated[float, Field(ge=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
+
+
+def looks_like_a_path(name: str) -> bool:
+    """Whether a ``model`` / ``tokenizer`` value can only be a local folder (a hub id is ``name`` or
+    ``namespace/name``)."""
+    return (os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.endswith("/")
+            or name.count("/") > 1 or os.path.isdir(name.split("/")[0]) and "/" in name)
+
+
+def check_local_model(name: str, field: str = "model") -> None:
+    """Refuse a ``model`` / ``tokenizer`` that names a local folder which does not exist, before the library
+    takes it for a hub id (transformers: "Repo id must be in the form ..."; vLLM: a hub download)."""
+    path = Path(name).expanduser()
+    if not path.exists() and looks_like_a_path(name):
+        raise GuideError(f"guide options.{field}: no model folder at {name} ({path.resolve()} does not exist); "
+                         "build it first (scripts/make_smollm2_guide.py, scripts/make_task_guide.py) or fix the path")
 
 
 class _LocalModelOptions(_Strict):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from .base import Guide, ScoredText, check_generate_args, check_score_args
-from .config import TransformersOptions
+from .config import TransformersOptions, check_local_model
+from .errors import GuideError
 from .prompting import PromptEncoder
 from .text import PieceDecoder, scored_text, tokenize_continuation
 
@@ -58,8 +60,18 @@ class TransformersGuide(Guide):
             load_kw["gguf_file"] = options.gguf_file
         tok_src = options.tokenizer or options.model
         tok_kw = load_kw if options.tokenizer is None else {"trust_remote_code": options.trust_remote_code}
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_src, **tok_kw)
-        model = AutoModelForCausalLM.from_pretrained(options.model, dtype=self.dtype, **load_kw)
+        check_local_model(options.model)
+        if options.tokenizer is not None:
+            check_local_model(options.tokenizer, "tokenizer")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_src, **tok_kw)
+            model = AutoModelForCausalLM.from_pretrained(options.model, dtype=self.dtype, **load_kw)
+        except (OSError, ValueError) as e:
+            if Path(options.model).expanduser().exists():
+                raise
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise GuideError(f"guide options.model {options.model!r}: no local folder of that name, and as a "
+                             f"Hugging Face hub id it failed ({detail})") from e
         self.model = model.to(self.device).eval()
         self.encoder = PromptEncoder(self.tokenizer, options.chat_template, options.system_prompt)
         pad = self.tokenizer.pad_token_id

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import Guide, ScoredText, check_generate_args, check_score_args
-from .config import VLLMOptions
+from .config import VLLMOptions, check_local_model
 from .errors import GuideOutputError
 from .prompting import PromptEncoder
 from .text import PieceDecoder, scored_text, tokenize_continuation
@@ -43,6 +43,9 @@ class VLLMGuide(Guide):
     supports_top_k = True
 
     def __init__(self, options: VLLMOptions):
+        check_local_model(options.model)   # vLLM would look a missing folder up on the hub
+        if options.tokenizer is not None:
+            check_local_model(options.tokenizer, "tokenizer")
         vllm = import_vllm()
         self.options = options
         self._SamplingParams = vllm.SamplingParams

@@ -4,7 +4,8 @@
     python scripts/measure_reasoning.py --model embedded:reason --mode reason          # frozen, 'Mode: reason'
     python scripts/measure_reasoning.py --model embedded:reason --state runs/reasoning/state.pth   # tuned
 
-The held-out problems are the ones ``configs/quickstart.yaml`` scores (``data.load_examples``), prompted with no
+``--config`` is a tune or an RL config (only its run sections are read: model, data, train, ...). The held-out
+problems are the ones ``configs/quickstart.yaml`` scores (``data.load_examples``), prompted with no
 header unless ``--mode`` names one. Greedy decoding up to the first newline, as the trainer's held-out accuracy.
 Prints one JSON line.
 """
@@ -17,14 +18,20 @@ import re
 from dataclasses import replace
 
 import torch
+from pydantic import ConfigDict
 
 from rl_statetune.checkpoint import load_model
-from rl_statetune.config import load_config
+from rl_statetune.config import RunConfig, load_config
 from rl_statetune.data import load_examples
 from rl_statetune.run.heldout import held_out
 from rl_statetune.synthetic import is_reasoning, mode_header
 from rl_statetune.tokenizer import WorldTokenizer
 from rl_statetune.upscale import load_tunable
+
+
+class RunSections(RunConfig):
+    """The run sections of a tune or RL config; the RL-only sections (guide, reward, pg, distributed) are skipped."""
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 def step_accuracy(outputs: list[str]) -> float | None:
@@ -56,7 +63,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, RunSections)
     model = load_model(args.model or cfg.model.path, cfg.model.dtype, backend=cfg.model.wkv_backend)
     tunable = load_tunable(args.state, model.config) if args.state else None
     _, held = load_examples(cfg.data)

@@ -109,6 +109,7 @@ def test_ray_runs_are_reproducible_all_reduce_every_tunable_and_resume_after_a_k
     kill_actor_after_checkpoint(tmp_path / "c", "rl-learner-1-")
     t.join(timeout=300)
     assert failure and "--resume" in str(failure[0]), failure
+    assert str(failure[0]).startswith("learner 1 failed during step"), failure   # the killed one (issue 24.13)
     assert not (tmp_path / "c" / "state.pth").exists()
     run_rl(c, resume=True, ray=True, progress=False)
     r = load_state(tmp_path / "c" / "state.safetensors")
@@ -166,7 +167,9 @@ def test_ray_job_submit(tiny_world_ckpt, tmp_path):
     if ray.is_initialized():
         ray.shutdown()
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    cfg = cfg_for(tiny_world_ckpt, tmp_path / "out")
+    # a relative train.out_dir, as the shipped configs have: --submit-dir resolves it against the submitter's folder,
+    # not Ray's temporary copy of the working directory (issue 24.3 / 24.14)
+    cfg = cfg_for(tiny_world_ckpt, Path("runs/job_out"))
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     # the head enables token auth (token in ~/.ray/auth_token); the job CLI only reads it in token mode
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
@@ -176,11 +179,12 @@ def test_ray_job_submit(tiny_world_ckpt, tmp_path):
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(REPO),
              "--runtime-env", str(REPO / "launch/runtime_env.yaml"), "--",
-             sys.executable, "-m", "launch.submit_entry", "--config", str(tmp_path / "job.yaml")],
+             sys.executable, "-m", "launch.submit_entry", "--submit-dir", str(tmp_path), "--config",
+             str(tmp_path / "job.yaml")],
             env=env, capture_output=True, text=True, timeout=600, check=False)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout and "reward" in job.stdout
-        assert (tmp_path / "out" / "state.pth").exists()
+        assert (tmp_path / "runs" / "job_out" / "state.pth").exists(), job.stdout[-3000:]
         # the documented shell command joins the running head by itself (no RAY_ADDRESS needed)
         env_no_addr = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
         cfg2 = cfg_for(tiny_world_ckpt, tmp_path / "out2")

@@ -365,3 +365,46 @@ def test_generate_refuses_max_new_tokens_0_before_loading_the_model(tmp_path, ca
         with pytest.raises(SystemExit) as e:
             cli_main(["generate", "--model", "embedded", "--prompt", "x", "--max-new-tokens", bad])
         assert e.value.code == 2 and "--max-new-tokens" in capsys.readouterr().err
+
+
+def test_resume_trims_the_metrics_after_the_checkpoint(tiny_world_ckpt, tmp_path, capsys, monkeypatch):
+    """Issue 24.10: a crash after step 5 with the checkpoint at step 3 logged steps 4-5, which --resume logs again;
+    the log must hold every step once."""
+    import rl_statetune.trainer as trainer
+
+    out = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_world_ckpt, out, steps=8, train={"ckpt_every": 3, "log_every": 1})
+    real, calls = trainer.target_loss, {"n": 0}
+
+    def crash_in_step_6(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt   # a second Ctrl-C: stops at once, no checkpoint
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "target_loss", crash_in_step_6)
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress"]) == 130
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5] and torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')   # a line the crash cut short
+    monkeypatch.setattr(trainer, "target_loss", real)
+    assert cli_main(["tune", "--config", str(cfg), "--no-progress", "--resume"]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9)), steps
+
+
+@pytest.mark.parametrize("model", ["{tmp}/models/task-guide", "models/no-such-guide", "./guide/"])
+def test_a_missing_guide_model_folder_is_named(tmp_path, capsys, monkeypatch, model):
+    """Issue 24.9: transformers said "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    model = model.format(tmp=tmp_path)
+    cfg = tmp_path / "rl.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"path": "embedded"}, "data": {"train_size": 4, "eval_size": 2},
+        "guide": {"inline": {"backend": "transformers", "options": {"model": model}}},
+        "train": {"steps": 1, "batch_size": 2, "out_dir": str(tmp_path / "rl"), "eval": False}}))
+    assert cli_main(["rl", "--config", str(cfg), "--no-progress"]) == 2
+    err = one_line_error(capsys, f"no model folder at {model}", "does not exist")
+    assert "Repo id" not in err

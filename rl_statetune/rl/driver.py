@@ -55,6 +55,7 @@ class RLResult:
     tokens_after: float = float("nan")
     skipped_steps: int = 0                # steps skipped with train.on_nonfinite: skip
     already_finished: bool = False        # --resume of a finished run: its stored result, nothing written
+    steady_idle_share: float = float("nan")   # share of the loop after the first batch the learners waited
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLResult":
@@ -223,6 +224,7 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
                    tokens / max(learner_s, 1e-9), wait_s, time.time() - t_start, first_wait_s=first_wait_s,
                    loop_s=loop_s, queue_depth=depth, tokens_before=before.mean_tokens,
                    tokens_after=after.mean_tokens, skipped_steps=skipped)
+    res.steady_idle_share = steady_idle_share(res)
     run.write_result(asdict(res))
     return res
 

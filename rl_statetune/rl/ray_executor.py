@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,30 @@ class ResourceError(RuntimeError):
 
 class WorkerDied(RuntimeError):
     """A learner or guide actor died mid-run; the run stops (its last checkpoint stays) and can be resumed."""
+
+
+class ActorFailed(Exception):
+    """Which actor (``the guide``, ``learner 1``) a Ray error came from."""
+
+    def __init__(self, who: str, error: BaseException):
+        super().__init__(who)
+        self.who, self.error = who, error
+
+
+_ERROR_LINE = re.compile(r"^(?:\w+\.)*(\w*(?:Error|Exception|Exit|Interrupt|Unavailable)): (.+)$")
+
+
+def own_error(e: BaseException) -> str:
+    """The failing actor's own error in one line (``GuideError: ...``), out of Ray's wrapping: the last
+    ``SomeError: message`` line of its text (an actor that died in its constructor carries that error last)."""
+    cause = getattr(e, "cause", None)
+    inner = cause if isinstance(cause, BaseException) else e
+    lines = [x.strip() for x in str(inner).splitlines() if x.strip()]
+    for line in reversed(lines):
+        m = _ERROR_LINE.match(line)
+        if m:
+            return f"{m.group(1)}: {m.group(2)}"[:500]
+    return f"{type(inner).__name__}: {lines[-1] if lines else ''}"[:500]
 
 
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
@@ -102,6 +127,7 @@ class RayExecutor:
         self.ray, self.owns_ray = init_ray(cfg)
         self._remove_pg = remove_placement_group
         self.cfg, d = cfg, cfg.distributed
+        self.out = Path(out)
         self.actors: list = []
         self.queues: list = []
         self.pg = None
@@ -170,14 +196,14 @@ class RayExecutor:
 
         try:
             ms = self._gather([w.step.remote(step, total_steps) for w in self.learners])
-        except RayError as e:
+        except (ActorFailed, RayError) as failure:
+            who, e = (failure.who, failure.error) if isinstance(failure, ActorFailed) else ("an actor", failure)
             cause = getattr(e, "cause", None)
             if isinstance(cause, ValueError):     # bad input or a diverged run, raised inside a learner
                 raise cause from None
-            what = type(cause or e).__name__
-            detail = str(cause or e).strip().splitlines()[-1][:200] if str(cause or e).strip() else ""
-            raise WorkerDied(f"a learner failed during step {step + 1} ({what}: {detail}; one dies, the others' "
-                             "all-reduce breaks); the last checkpoint is in train.out_dir, continue with --resume") \
+            why = "; the others' all-reduce breaks with it" if who.startswith("learner") and len(self.learners) > 1 \
+                else ""
+            raise WorkerDied(f"{who} failed during step {step + 1} ({own_error(e)}){why}; {self._after_failure()}") \
                 from e
         N = len(ms)
         out = {k: sum(m[k] for m in ms) / N for k in ("reward", "loss") if k in ms[0]}
@@ -206,19 +232,55 @@ class RayExecutor:
             raise RuntimeError(f"learner tunables diverged (checksums {sums}); the all-reduce is broken")
         return self.ray.get(self.learners[0].checkpoint.remote())["tunable"]
 
+    def _after_failure(self) -> str:
+        """What the user can do after an actor failed: --resume only where a checkpoint exists."""
+        ckpt = self.out / "checkpoint.pt"
+        if ckpt.exists():
+            return f"the last checkpoint is {ckpt}: fix the cause, then continue with --resume"
+        return "no checkpoint was written yet: fix the cause and start again (--overwrite)"
+
+    def _get(self, ref, who: str):
+        e = self._failed(ref)
+        if e is not None:
+            raise ActorFailed(who, e) from e
+
+    def _failed(self, ref) -> BaseException | None:
+        from ray.exceptions import RayError
+
+        try:
+            self.ray.get(ref)
+        except RayError as e:
+            return e
+        return None
+
+    def _raise_learner_failure(self, refs: list) -> None:
+        """Name the learner that died (its death breaks the others' all-reduce too, which fail as well)."""
+        from ray.exceptions import ActorDiedError
+
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=2.0)   # let the others' errors arrive
+        failed = []
+        for rank, ref in enumerate(refs):
+            e = self._failed(ref) if ref in done else None
+            if e is not None:
+                failed.append((rank, e))
+        died = [(r, e) for r, e in failed if isinstance(e, ActorDiedError)]
+        rank, e = (died or failed)[0]
+        raise ActorFailed(f"learner {rank}", e) from e
+
     def _gather(self, refs: list) -> list:
-        """``ray.get(refs)``, but fail as soon as the producer (the guide) fails."""
+        """``ray.get(refs)``, but fail as soon as the producer (the guide) fails; failures name their actor
+        (:class:`ActorFailed`)."""
         timeout_s = self.cfg.distributed.guide_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
             done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=1.0)
+            if any(self._failed(r) for r in done):   # a learner that died raises now, not after the others time out
+                self._raise_learner_failure(refs)
             if len(done) == len(refs):
                 return self.ray.get(refs)
-            if done:
-                self.ray.get(done)  # a learner that died raises now, not after the others time out
             ready, _ = self.ray.wait([self.produced], timeout=0)
             if ready:
-                self.ray.get(ready[0])  # raises the producer's (guide's) error, if any
+                self._get(ready[0], "the guide")  # raises the producer's (the guide's) error, if any
             if time.monotonic() > deadline:
                 raise TimeoutError(f"learners did not finish a step within {timeout_s:.0f} s")
 

@@ -189,6 +189,7 @@ class RunDir:
             if result.exists() and saved["step"] >= self.config["train"]["steps"]:
                 log.info("%s already finished (%d steps); nothing to do", p, saved["step"])
                 return json.loads(result.read_text())
+            self.trim_metrics(saved["step"])
             return None
         if present and not self.overwrite:
             raise RunError(f"{p} already holds a run ({', '.join(present)}); pass --resume to continue it or "
@@ -198,6 +199,27 @@ class RunDir:
         if self.overwrite and present:
             log.warning("--overwrite: removed %s from %s", ", ".join(present), p)
         return None
+
+    def trim_metrics(self, step: int) -> None:
+        """Keep the metrics of steps up to the checkpoint's: the resumed run logs the later ones again."""
+        path = self.path / METRICS
+        if not path.exists():
+            return
+        keep, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                ok = json.loads(line)["step"] <= step
+            except (ValueError, KeyError, TypeError):   # a line cut short by the crash
+                ok = False
+            if ok:
+                keep.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            log.info("%s: dropped %d lines after step %d (the resumed run logs those steps again)", path, dropped,
+                     step)
+            text = "".join(x + "\n" for x in keep)
+            atomic_write(path, lambda tmp: tmp.write_text(text))
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def load_checkpoint(self) -> dict:
