@@ -115,6 +115,33 @@ def chat_prompt(messages: Sequence[dict], add_generation_prompt: bool = True) ->
     return "".join(parts) + ("Assistant:" if add_generation_prompt else "")
 
 
+BLOCK = 64  # tokens: a shared prefix at least this long (a few-shot block) is worth its own batches
+
+
+def prefix_batches(contexts: Sequence[Sequence[int]], batch_size: int) -> list[list[Sequence[int]]]:
+    """Sorted contexts -> batches of at most ``batch_size`` that do not straddle the end of a shared block.
+
+    Between neighbours ``i`` and ``i + 1`` the shared prefix ``lcp[i]`` is long inside a block (MMLU: one
+    subject's description and 5 examples) and short where the next block starts. A batch ends there, so every
+    batch's own shared prefix is the block, which then runs once (not once per question, as in a batch that mixes
+    two subjects). A break is placed where ``lcp[i]`` is under half of a neighbouring ``lcp`` of >= ``BLOCK``
+    tokens; contexts without such blocks (ARC 0-shot) are cut only every ``batch_size``."""
+    lcp = [_common_prefix(a, b) for a, b in zip(contexts, contexts[1:])]
+    batches: list[list[Sequence[int]]] = []
+    group: list[Sequence[int]] = []
+    for i, c in enumerate(contexts):
+        if group:
+            here = lcp[i - 1]
+            around = max(lcp[i - 2] if i >= 2 else 0, lcp[i] if i < len(lcp) else 0)
+            if len(group) == batch_size or (around >= BLOCK and here < around // 2):
+                batches.append(group)
+                group = []
+        group.append(c)
+    if group:
+        batches.append(group)
+    return batches
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -272,8 +299,7 @@ class RWKVStateLM(TemplateLM):
             by_ctx.setdefault(tuple(ctx), []).append(i)
         contexts = sorted(by_ctx)  # lexicographic: neighbours share the longest prefixes
         cached: tuple[tuple[int, ...], Any] | None = None  # (prefix tokens, state after them, batch 1)
-        for s in range(0, len(contexts), self.batch_size):
-            group = contexts[s:s + self.batch_size]
+        for group in prefix_batches(contexts, self.batch_size):
             # the longest prefix shared by the whole (sorted) group, leaving >= 1 token of each context to run
             p = min(_common_prefix(group[0], group[-1]), min(len(c) for c in group) - 1)
             if p >= self.min_shared_prefix:
