@@ -201,3 +201,13 @@ def test_folders_with_other_weight_names(tiny_world_ckpt, tmp_path):
     save_file(sd, str(fla_file))
     with pytest.raises(ValueError, match="missing weight 'model.rwkv.blocks.1.att.receptance.weight'"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "fla")
+
+
+def test_a_state_only_save_of_a_loaded_folder_names_it(tiny_world_ckpt, tmp_path):
+    saved_folder(tiny_world_ckpt, tmp_path / "m", state_seed=5)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")  # weights + state, as a Trainer would get it
+    model.save_pretrained(tmp_path / "run")  # what Trainer.save_model does: state only
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    with torch.no_grad():
+        torch.testing.assert_close(again(IDX).logits, model(IDX).logits, rtol=0, atol=0)

@@ -424,6 +424,8 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
                                  + "; not an RWKV-7 folder in fla-hub's layout")
             if backend is not None:
                 model.config.wkv_backend = model.rwkv.wkv_backend = backend
+            if not model.config.base_model:  # what a state-only save_pretrained of this model names
+                model.config.base_model = src
             model.rwkv.requires_grad_(False)
         saved = Path(src) / STATE_FILE
         model.attach_state(state if state is not None else (saved if saved.is_file() else None))
@@ -434,6 +436,19 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
     def _from_project_source(cls, src: str, backend: str | None, **kwargs) -> "RWKV7ForCausalLM":
         from rl_statetune.checkpoint import load_model
 
+        folder = Path(src)
+        conf_file = folder / "config.json"
+        if conf_file.is_file() and not any((folder / f).exists() for f in WEIGHT_FILES):
+            # a state-only folder: the model is its base_model (any source from_pretrained reads)
+            saved = json.loads(conf_file.read_text())
+            base = saved.get("base_model")
+            if not base:
+                raise ValueError(f"{conf_file} names no base_model and the folder holds no weights")
+            if Path(base).resolve() == folder.resolve():
+                raise ValueError(f"{conf_file} names its own folder as base_model")
+            model = cls.from_pretrained(base, backend=backend or saved.get("wkv_backend"), **kwargs)
+            model.config.base_model = base
+            return model
         # the keywords transformers' from_pretrained takes that mean something here; the rest are refused
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or "float32"
         device = kwargs.pop("device_map", None) or kwargs.pop("device", None) or "cpu"
@@ -455,14 +470,8 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         base, saved = src, {}
-        conf_file = Path(src) / "config.json"
-        if conf_file.is_file() and (Path(src) / "model.safetensors").is_file():  # BlinkDL names in the folder
-            saved, base = json.loads(conf_file.read_text()), str(Path(src) / "model.safetensors")
-        elif conf_file.is_file():  # a state-only folder: the weights come from its base_model
-            saved = json.loads(conf_file.read_text())
-            if not saved.get("base_model"):
-                raise ValueError(f"{conf_file} names no base_model and the folder holds no weights")
-            base = saved["base_model"]
+        if conf_file.is_file() and (folder / "model.safetensors").is_file():  # BlinkDL names in the folder
+            saved, base = json.loads(conf_file.read_text()), str(folder / "model.safetensors")
         if config is not None and getattr(config, "wkv_backend", None):
             saved["wkv_backend"] = config.wkv_backend
         backend = backend or saved.get("wkv_backend") or "auto"
