@@ -97,11 +97,11 @@ def test_nan_state_is_one_line_exit_2(tmp_path, capsys):
 def test_each_finished_task_is_written_before_a_later_failure(tmp_path, monkeypatch):
     real, calls = cli.run_task, []
 
-    def flaky(lm, task, args, tm):
+    def flaky(lm, task, args, tm, tracker=None):
         calls.append(task)
         if len(calls) == 2:
             raise RuntimeError("killed")
-        return real(lm, task, args, tm)
+        return real(lm, task, args, tm, tracker)
 
     monkeypatch.setattr(cli, "run_task", flaky)
     out = tmp_path / "out"
@@ -110,7 +110,17 @@ def test_each_finished_task_is_written_before_a_later_failure(tmp_path, monkeypa
                   str(small_data(tmp_path / "data")), "--out", str(out), "--no-progress"])
     report = json.loads((out / "results.json").read_text())
     assert list(report["results"]["base"]) == ["arc_challenge"] and report["results"]["base"]["arc_challenge"]["n"] == 2
-    assert (out / "samples" / "base" / "arc_challenge.jsonl").read_text().count("\n") == 2
+    # lm-eval's own files, as `lm_eval --output_path OUT/lm_eval --log_samples` writes them
+    (res,) = (out / "lm_eval" / "base").glob("results_*.json")
+    lm = json.loads(res.read_text())
+    assert lm["results"]["arc_challenge"]["acc,none"] == report["results"]["base"]["arc_challenge"]["acc"]
+    assert lm["n-samples"]["arc_challenge"]["effective"] == 2 and lm["model_name"] == "base"
+    (samples,) = (out / "lm_eval" / "base").glob("samples_arc_challenge_*.jsonl")
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert len(rows) == 2
+    # what our old samples lost: the prompt, the request arguments and the raw responses
+    assert "Which is a metal?" in rows[0]["arguments"]["gen_args_0"]["arg_0"] and len(rows[0]["resps"]) == 2
+    assert rows[0]["doc"]["question"] == "Which is a metal?" and "prompt_hash" in rows[0]
 
 
 def _lm_eval_direct(model, model_args, task, limit):
@@ -205,3 +215,35 @@ def test_no_progress_and_no_git_noise_outside_a_checkout(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "fatal:" not in res.stderr and "it/s]" not in res.stderr and "%|" not in res.stderr, res.stderr
     assert (tmp_path / "o" / "results.json").exists()
+
+
+def test_apply_chat_template_reaches_lm_eval_and_its_samples(tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(["--model", "embedded", "--tasks", "arc_challenge", "--data-dir",
+                     str(small_data(tmp_path / "data")), "--out", str(out), "--no-progress",
+                     "--apply-chat-template"]) == 0
+    (samples,) = (out / "lm_eval" / "base").glob("samples_arc_challenge_*.jsonl")
+    prompt = json.loads(samples.read_text().splitlines()[0])["arguments"]["gen_args_0"]["arg_0"]
+    assert prompt.startswith("User: Question: Which is a metal?") and prompt.endswith("\n\nAssistant:")
+    (res,) = (out / "lm_eval" / "base").glob("results_*.json")
+    assert "Assistant:" in json.loads(res.read_text())["chat_template"]
+
+
+def test_what_the_rwkv_model_cannot_honour_is_refused_in_one_line():
+    from lm_eval.api.instance import Instance
+
+    from rl_statetune.eval.harness import RWKVStateLM
+
+    with pytest.raises(ValueError, match="batch_size=auto:4 is not supported"):
+        RWKVStateLM(pretrained="embedded", batch_size="auto:4")
+    with pytest.raises(ValueError, match="unknown model_args for the rl_statetune model: temperture"):
+        RWKVStateLM(pretrained="embedded", temperture=0.5)
+    lm = RWKVStateLM(pretrained="embedded", batch_size=2, progress=False)
+    req = Instance("generate_until", {}, ("Q: 2+3=", {"until": ["\n"], "top_k": 5, "max_gen_toks": 4}), 0)
+    with pytest.raises(ValueError, match=r"generation settings \['top_k'\] are not supported"):
+        lm.generate_until([req])
+    # the aliases lm-eval normalises are honoured, not dropped: max_new_tokens is max_gen_toks
+    ok = Instance("generate_until", {}, ("Q: 2+3=", {"until": [], "max_new_tokens": 3}), 0)
+    from rl_statetune.generation import generate
+
+    assert lm.generate_until([ok]) == generate(lm.model, lm.tokenizer, ["Q: 2+3="], 3, stop=())

@@ -1,4 +1,4 @@
-"""Report writers: the markdown table with deltas, and the files write_report leaves (numbers, PNG, samples)."""
+"""Report writers: the markdown table with deltas, and the files write_report leaves (numbers, tables, PNG)."""
 
 import json
 
@@ -8,7 +8,7 @@ from rl_statetune.eval.report import deltas, markdown_table, write_report
 
 
 def fake_run(name, results):
-    return {"results": results, "samples": {t: [{"doc_id": 0}] for t in results},
+    return {"results": results, "tables": {t: f"| lm-eval table of {name}: {t} |\n" for t in results},
             "config": {"tasks": list(results), "limit": None}}
 
 
@@ -39,4 +39,4 @@ def test_write_report_files_contain_the_numbers(tmp_path):
     assert "| mmlu | acc | 4 |" in md and "75.00 ± 25.00 (+50.00)" in md
     png = paths["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert json.loads((tmp_path / "samples" / "tuned" / "mmlu.jsonl").read_text()) == {"doc_id": 0}
+    assert md.index("(+50.00)") < md.index("### tuned: mmlu (lm-eval)") < md.index("| lm-eval table of tuned: mmlu |")

@@ -182,3 +182,32 @@ def test_fla_hub_folder_loads_and_ours_is_fla_layout(which, tmp_path):
     same = [k for k in conf if k not in ("architectures", "num_heads")]
     assert {k: ours_conf[k] for k in same} == {k: conf[k] for k in same}  # the fla keys it read, written back
     assert ours_conf["num_heads"] == conf["hidden_size"] // conf["head_dim"]
+
+
+def test_folders_with_other_weight_names(tiny_world_ckpt, tmp_path):
+    from safetensors.torch import save_file
+
+    model = RWKV7ForCausalLM.from_pretrained(tiny_world_ckpt)
+    model.save_pretrained(tmp_path / "m", weights=True)
+    ref = model(IDX).logits.detach()
+    # BlinkDL names beside a config.json: read by the project's loader, not zero-filled by transformers
+    save_file({k: v.contiguous() for k, v in load_model(tiny_world_ckpt).state_dict().items()},
+              str(tmp_path / "m" / "model.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(tmp_path / "m")(IDX).logits, ref)
+    # a weight missing from an fla-layout file is an error, not a silently initialised tensor
+    sd = load_file(str(fla_file := _fla_folder_from(tiny_world_ckpt, tmp_path / "fla") / "model.safetensors"))
+    del sd["model.layers.1.attn.r_proj.weight"]
+    save_file(sd, str(fla_file))
+    with pytest.raises(ValueError, match="missing weight 'model.rwkv.blocks.1.att.receptance.weight'"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "fla")
+
+
+def test_a_state_only_save_of_a_loaded_folder_names_it(tiny_world_ckpt, tmp_path):
+    saved_folder(tiny_world_ckpt, tmp_path / "m", state_seed=5)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")  # weights + state, as a Trainer would get it
+    model.save_pretrained(tmp_path / "run")  # what Trainer.save_model does: state only
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    with torch.no_grad():
+        torch.testing.assert_close(again(IDX).logits, model(IDX).logits, rtol=0, atol=0)

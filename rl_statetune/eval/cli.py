@@ -6,7 +6,11 @@
 Each RWKV-7 ``--model`` is evaluated with its own initial state ("base", without ``--state`` or with
 ``--compare``) and with every ``--state``; an ``hf:<folder>`` model (a guide) runs through lm-eval's own ``hf`` model,
 so both land in one table. Scoring, prompts and metrics are lm-eval's (``rl_statetune/eval/tasks/*.yaml``); every
-benchmark row is validated before the first score, and each finished (run, task) is written to ``DIR`` at once.
+benchmark row is validated before the first score, and each finished (run, task) is written to ``DIR`` at once:
+lm-eval's own output (``DIR/lm_eval/<run>/results_<date>.json`` and ``samples_<task>_<date>.jsonl``, written by its
+``EvaluationTracker`` as ``lm_eval --output_path DIR/lm_eval --log_samples`` writes them) and, across runs,
+``results.json`` / ``results.md`` (the before/after table, then lm-eval's ``make_table`` of each run) /
+``accuracy.png``.
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png and samples")
     parser.add_argument("--compare", action="store_true", help="also run the base state and report deltas")
     parser.add_argument("--no-prefix-cache", action="store_true", help="RWKV: run every request from scratch")
+    parser.add_argument("--apply-chat-template", action="store_true",
+                        help="lm-eval's --apply_chat_template (RWKV: 'User: ...\\n\\nAssistant:'; hf: the model's own)")
+    parser.add_argument("--fewshot-as-multiturn", action="store_true",
+                        help="lm-eval's --fewshot_as_multiturn (needs --apply-chat-template)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="RWKV-7 weights' dtype (states and the WKV recurrence stay float32)")
@@ -198,26 +206,47 @@ def summarize(task: str, out: dict, seconds: float) -> dict:
     return row
 
 
-def samples_of(out: dict) -> list[dict]:
-    rows = []
-    for task, docs in (out.get("samples") or {}).items():
-        for s in docs:
-            rows.append({"task": task, "doc_id": s.get("doc_id"), "target": str(s.get("target")),
-                         "filtered_resps": json.loads(json.dumps(s.get("filtered_resps"), default=str)),
-                         **{k: s[k] for k in ("acc", "acc_norm", "exact_match") if k in s}})
-    return rows
-
-
-def run_task(lm: Any, task: str, args: argparse.Namespace, task_manager: Any) -> tuple[dict, list[dict]]:
+def run_task(lm: Any, task: str, args: argparse.Namespace, task_manager: Any,
+             tracker: Any = None) -> tuple[dict, str]:
+    """lm-eval on one task -> (our summary row, lm-eval's ``make_table``); with ``tracker`` (an
+    ``EvaluationTracker``) lm-eval's results json and samples jsonl are written, as its CLI writes them."""
     import lm_eval
+    from lm_eval.utils import make_table
 
+    if args.fewshot_as_multiturn and not args.apply_chat_template:
+        raise ValueError("--fewshot-as-multiturn needs --apply-chat-template")
     t0 = time.perf_counter()
     out = lm_eval.simple_evaluate(
         model=lm, tasks=[Path(TASKS[task].yaml).stem], limit=args.limit, num_fewshot=args.num_fewshot,
-        task_manager=task_manager, log_samples=True, verbosity="ERROR",
+        task_manager=task_manager, log_samples=True, verbosity="ERROR", evaluation_tracker=tracker,
+        apply_chat_template=args.apply_chat_template, fewshot_as_multiturn=args.fewshot_as_multiturn,
         gen_kwargs=f"max_gen_toks={args.max_new_tokens}" if args.max_new_tokens else None,
         random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=args.seed)
-    return summarize(task, out, time.perf_counter() - t0), samples_of(out)
+    row = summarize(task, out, time.perf_counter() - t0)
+    table = make_table(out) + (make_table(out, "groups") if out.get("groups") else "")
+    if tracker is not None:
+        samples = out.pop("samples")
+        tracker.save_results_aggregated(results=out, samples=samples)
+        for name in out["configs"]:
+            tracker.save_results_samples(task_name=name, samples=samples[name])
+    return row, table
+
+
+def lm_eval_tracker(out_dir: str | Path, run: str):
+    """lm-eval's ``EvaluationTracker`` writing under ``out_dir/lm_eval/<run>/`` (lm-eval names the folder after
+    ``pretrained=``; a model object has none, so the run's name is used)."""
+    from lm_eval.loggers import EvaluationTracker
+
+    tracker = EvaluationTracker(output_path=str(Path(out_dir) / "lm_eval"))
+    log = tracker.general_config_tracker.log_experiment_args
+
+    def named(*a, **kw):
+        log(*a, **kw)
+        g = tracker.general_config_tracker
+        g.model_name, g.model_name_sanitized = run, "".join(c if c.isalnum() or c in "-_." else "__" for c in run)
+
+    tracker.general_config_tracker.log_experiment_args = named
+    return tracker
 
 
 def eval_main(args: argparse.Namespace) -> int:
@@ -250,19 +279,21 @@ def eval_main(args: argparse.Namespace) -> int:
     paths = None
     for name, model, state in plan:
         lm = make_lm(model, state, args, cache)
-        runs[name] = {"results": {}, "samples": {},
+        runs[name] = {"results": {}, "tables": {},
                       "config": {"tasks": tasks, "limit": args.limit, "num_fewshot": args.num_fewshot,
-                                 "batch_size": args.batch_size, "seed": args.seed, "model": model, "state": state}}
+                                 "batch_size": args.batch_size, "seed": args.seed, "model": model, "state": state,
+                                 "apply_chat_template": args.apply_chat_template}}
+        tracker = lm_eval_tracker(args.out, name)
         for task in tasks:
             print(f"[eval] {name}: {task}", file=sys.stderr)
             try:
-                row, samples = run_task(lm, task, args, tm)
+                row, table = run_task(lm, task, args, tm, tracker)
             except NonFiniteLogits as e:
                 raise NonFiniteLogits(f"{'--state ' + state if state else '--model ' + model}: {e} in {task}; "
                                       "its scores would be meaningless") from None
             row["source"] = sources[task]
             runs[name]["results"][task] = row
-            runs[name]["samples"][task] = samples
+            runs[name]["tables"][task] = table
             paths = write_report(args.out, runs, base=base if base in runs else None, extra_config=extra)
     print(paths["markdown"].read_text())
     print(json.dumps({k: str(v) for k, v in paths.items()}), file=sys.stderr)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
+from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs
 from tqdm.auto import tqdm
 
 from rl_statetune.lm import InitStateFn, initial_state, model_device, pad_right
@@ -82,12 +83,63 @@ def load_init_state(model: Any, path: str | Path | None, device: str | torch.dev
 
 
 def _batch_size(value: Any) -> int:
-    if value in (None, "auto") or str(value).startswith("auto"):
+    if value is None:
         return 8
-    n = int(value)
+    if str(value).startswith("auto"):
+        raise ValueError(f"batch_size={value} is not supported by the rl_statetune model (a recurrent state does not "
+                         "grow with the context, so there is no largest batch to search for): give a number")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch_size must be a whole number, got {value!r}") from None
     if n < 1:
         raise ValueError(f"batch_size must be >= 1, got {value}")
     return n
+
+
+# the generation settings generate_until honours; lm-eval's other keys would be silently ignored, so they are refused
+GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p")
+# RWKV's chat format (the World models' "User: ...\n\nAssistant:"), as a Jinja template for lm-eval's fingerprint
+CHAT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+CHAT_TEMPLATE = ("{% for m in messages %}{{ {'system': 'System', 'user': 'User', 'assistant': 'Assistant'}[m['role']] }}"
+                 ": {{ m['content'] | trim }}\n\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+
+
+def chat_prompt(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    """``[{"role", "content"}]`` -> ``"User: ...\n\nAssistant:"`` (RWKV's chat format; roles system/user/assistant)."""
+    parts = []
+    for m in messages:
+        if m.get("role") not in CHAT_ROLES:
+            raise ValueError(f"chat role {m.get('role')!r} is not one of {', '.join(CHAT_ROLES)}")
+        parts.append(f"{CHAT_ROLES[m['role']]}: {str(m['content']).strip()}\n\n")
+    return "".join(parts) + ("Assistant:" if add_generation_prompt else "")
+
+
+BLOCK = 64  # tokens: a shared prefix at least this long (a few-shot block) is worth its own batches
+
+
+def prefix_batches(contexts: Sequence[Sequence[int]], batch_size: int) -> list[list[Sequence[int]]]:
+    """Sorted contexts -> batches of at most ``batch_size`` that do not straddle the end of a shared block.
+
+    Between neighbours ``i`` and ``i + 1`` the shared prefix ``lcp[i]`` is long inside a block (MMLU: one
+    subject's description and 5 examples) and short where the next block starts. A batch ends there, so every
+    batch's own shared prefix is the block, which then runs once (not once per question, as in a batch that mixes
+    two subjects). A break is placed where ``lcp[i]`` is under half of a neighbouring ``lcp`` of >= ``BLOCK``
+    tokens; contexts without such blocks (ARC 0-shot) are cut only every ``batch_size``."""
+    lcp = [_common_prefix(a, b) for a, b in zip(contexts, contexts[1:])]
+    batches: list[list[Sequence[int]]] = []
+    group: list[Sequence[int]] = []
+    for i, c in enumerate(contexts):
+        if group:
+            here = lcp[i - 1]
+            around = max(lcp[i - 2] if i >= 2 else 0, lcp[i] if i < len(lcp) else 0)
+            if len(group) == batch_size or (around >= BLOCK and here < around // 2):
+                batches.append(group)
+                group = []
+        group.append(c)
+    if group:
+        batches.append(group)
+    return batches
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -111,8 +163,12 @@ class RWKVStateLM(TemplateLM):
     def __init__(self, pretrained: str = "embedded", state: str | None = None, batch_size: Any = 8,
                  device: str = "cpu", dtype: str = "float32", backend: str = "auto", prefix_cache: Any = True,
                  max_gen_toks: int = 256, min_shared_prefix: int = 8, progress: Any = True, *, model: Any = None, tokenizer: Any = None,
-                 init_state_fn: InitStateFn | None = None, **_ignored: Any) -> None:
+                 init_state_fn: InitStateFn | None = None, max_batch_size: Any = None, **unknown: Any) -> None:
         super().__init__()
+        if unknown:
+            raise ValueError(f"unknown model_args for the rl_statetune model: {', '.join(sorted(unknown))} (known: "
+                             "pretrained, state, batch_size, device, dtype, backend, prefix_cache, max_gen_toks, "
+                             "min_shared_prefix, progress)")
         if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             device = "cpu"  # lm_eval's CLI passes its default device ("cuda"), also on CPU-only machines
         if model is None:
@@ -155,6 +211,18 @@ class RWKVStateLM(TemplateLM):
 
     def tok_decode(self, tokens: list[int], **kwargs) -> str:
         return self.tokenizer.decode(list(tokens))
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """lm-eval's ``--apply_chat_template``: RWKV's ``User: ...\\n\\nAssistant:`` format (``chat_prompt``)."""
+        return chat_prompt(chat_history, add_generation_prompt)
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        if chat_template is False or chat_template is None:
+            return None
+        if isinstance(chat_template, str) and chat_template not in ("rwkv", "default"):
+            raise ValueError(f"chat template {chat_template!r}: the rl_statetune model has one, RWKV's "
+                             "(--apply_chat_template or --apply_chat_template rwkv)")
+        return CHAT_TEMPLATE
 
     def get_model_info(self) -> dict:
         return {"model": self.pretrained, "state": self.state_path, "prefix_cache": self.prefix_cache}
@@ -207,10 +275,11 @@ class RWKVStateLM(TemplateLM):
         return out  # type: ignore[return-value]
 
     def _score_plain(self, toks, out, bar) -> None:
-        """Each request alone: ``context + continuation[:-1]`` from the initial state (no sharing)."""
-        order = sorted(range(len(toks)), key=lambda i: -(len(toks[i][0]) + len(toks[i][1])))
-        for s in range(0, len(order), self.batch_size):
-            rows = order[s:s + self.batch_size]
+        """Each request alone: ``context + continuation[:-1]`` from the initial state (no sharing), longest first
+        (lm-eval's ``Collator``, as its ``hf`` model orders them)."""
+        coll = Collator(list(enumerate(toks)), sort_fn=lambda r: (-len(r[1][0]) - len(r[1][1]), tuple(r[1][0])))
+        for batch in coll.get_batched(n=self.batch_size):
+            rows = [i for i, _ in batch]
             idx, lengths = pad_right([toks[i][0] + toks[i][1][:-1] for i in rows], 0, self._device)
             x, _, is_h = self._hidden(idx, self._start_state(len(rows)), lengths)
             for b, i in enumerate(rows):
@@ -230,8 +299,7 @@ class RWKVStateLM(TemplateLM):
             by_ctx.setdefault(tuple(ctx), []).append(i)
         contexts = sorted(by_ctx)  # lexicographic: neighbours share the longest prefixes
         cached: tuple[tuple[int, ...], Any] | None = None  # (prefix tokens, state after them, batch 1)
-        for s in range(0, len(contexts), self.batch_size):
-            group = contexts[s:s + self.batch_size]
+        for group in prefix_batches(contexts, self.batch_size):
             # the longest prefix shared by the whole (sorted) group, leaving >= 1 token of each context to run
             p = min(_common_prefix(group[0], group[-1]), min(len(c) for c in group) - 1)
             if p >= self.min_shared_prefix:
@@ -297,26 +365,34 @@ class RWKVStateLM(TemplateLM):
 
     # -- generate_until --------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy (or sampled, with ``do_sample``) decoding until a stop string, via ``rl_statetune.generation``."""
+        """Greedy (or sampled, with ``do_sample``) decoding until a stop string, via ``rl_statetune.generation``.
+        Requests are grouped by their generation settings with lm-eval's ``Collator``; ``until`` and the
+        settings are read by lm-eval's ``normalize_gen_kwargs`` / ``handle_stop_sequences``; a setting outside
+        ``GEN_KWARGS`` is refused (it would otherwise be ignored)."""
         from rl_statetune.generation import generate
 
-        groups: dict[tuple, list[int]] = {}
-        for i, req in enumerate(requests):
-            context, kw = req.args
-            kw = dict(kw or {})
-            until = kw.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_toks = int(kw.pop("max_gen_toks", self.max_gen_toks))
-            do_sample = bool(kw.pop("do_sample", False))
-            temperature = float(kw.pop("temperature", 0.0)) if do_sample else 0.0
-            top_p = float(kw.pop("top_p", 1.0) or 1.0)
-            groups.setdefault((tuple(until), max_toks, temperature, top_p), []).append(i)
+        eos = self.tok_decode([self.eot_token_id]) or None
+        settings = []
+        for req in requests:
+            kw = normalize_gen_kwargs(dict(req.args[1] or {}), self.max_gen_toks)
+            unknown = sorted(set(kw) - set(GEN_KWARGS))
+            if unknown:
+                raise ValueError(f"generation settings {unknown} are not supported by the rl_statetune model "
+                                 f"(supported: {', '.join(GEN_KWARGS)})")
+            settings.append({"until": handle_stop_sequences(kw.get("until"), eos), "max_gen_toks": kw["max_gen_toks"],
+                             "temperature": float(kw.get("temperature", 0.0)) if kw.get("do_sample") else 0.0,
+                             "top_p": float(kw.get("top_p", 1.0) or 1.0)})
+        items = [(i, req.args[0], settings[i]) for i, req in enumerate(requests)]
+        coll = Collator(items, sort_fn=lambda r: -len(self.tok_encode(r[1])), group_fn=lambda r: r[2],
+                        group_by="gen_kwargs")
         out = [""] * len(requests)
-        for (until, max_toks, temperature, top_p), rows in groups.items():
-            texts = generate(self.model, self.tokenizer, [requests[i].args[0] for i in rows], max_toks,
-                             init_state=self.init_state_fn, stop=until, temperature=temperature, top_p=top_p,
-                             batch_size=self.batch_size, progress=self.progress and not disable_tqdm, desc="rl_statetune generate")
-            for i, text in zip(rows, texts):
+        for batch in coll.get_batched(n=0):  # one batch per setting; generate() batches by batch_size itself
+            st = batch[0][2]
+            texts = generate(self.model, self.tokenizer, [ctx for _, ctx, _ in batch], st["max_gen_toks"],
+                             init_state=self.init_state_fn, stop=tuple(s for s in st["until"] if s),
+                             temperature=st["temperature"], top_p=st["top_p"], batch_size=self.batch_size,
+                             progress=self.progress and not disable_tqdm, desc="rl_statetune generate")
+            for (i, _, _), text in zip(batch, texts):
                 out[i] = text
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return out

@@ -1,5 +1,6 @@
-"""Report writers: JSON (all numbers + config), per-doc samples (jsonl), a markdown table with deltas against a
-base run, and a PNG bar plot of each task's primary metric per named state."""
+"""Report writers across runs: JSON (all numbers + config), a markdown table with deltas against a base run
+followed by lm-eval's own ``make_table`` of each run, and a PNG bar plot of each task's primary metric per named
+state. Per-doc samples are lm-eval's own files (``EvaluationTracker``, see eval.cli)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 Runs = Mapping[str, Mapping[str, Any]]
-"""{run name: {"results": {task: metrics}, "samples": {task: [rows]}, "config": {...}}} (see eval.cli)."""
+"""{run name: {"results": {task: metrics}, "tables": {task: lm-eval's make_table}, "config": {...}}} (eval.cli)."""
 
 
 def metric_names(task_result: Mapping[str, Any]) -> list[str]:
@@ -100,7 +101,8 @@ def plot_accuracy(runs: Runs, path: str | Path) -> Path:
 
 def write_report(out_dir: str | Path, runs: Runs, base: str | None = None,
                  extra_config: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Write results.json, results.md, accuracy.png and samples/<run>/<task>.jsonl under ``out_dir``."""
+    """Write results.json, results.md (the comparison table, then each run's lm-eval tables) and accuracy.png under
+    ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -112,13 +114,12 @@ def write_report(out_dir: str | Path, runs: Runs, base: str | None = None,
         report["deltas"] = deltas(runs, base)
     paths = {"json": out / "results.json", "markdown": out / "results.md", "png": out / "accuracy.png"}
     paths["json"].write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
-    paths["markdown"].write_text(markdown_table(runs, base))
-    plot_accuracy(runs, paths["png"])
+    md = markdown_table(runs, base)
     for name, run in runs.items():
-        for task, rows in run.get("samples", {}).items():
-            p = out / "samples" / _safe(name) / f"{_safe(task)}.jsonl"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for task, table in run.get("tables", {}).items():
+            md += f"\n### {name}: {task} (lm-eval)\n\n{table}"
+    paths["markdown"].write_text(md)
+    plot_accuracy(runs, paths["png"])
     return paths
 
 

@@ -183,7 +183,24 @@ def _is_project_source(src: str) -> bool:
         return False  # a hub id: transformers' business
     if not (path / "config.json").exists():
         return True
-    return not any((path / f).exists() for f in WEIGHT_FILES)
+    if not any((path / f).exists() for f in WEIGHT_FILES):
+        return True
+    return _has_blinkdl_keys(path)
+
+
+def _has_blinkdl_keys(folder: Path) -> bool:
+    """A folder whose safetensors hold BlinkDL names (``emb.weight``, ``blocks.0...``) rather than fla's."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        keys = list(json.loads(index.read_text()).get("weight_map", {}))
+    elif (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            keys = list(f.keys())
+    else:
+        return False
+    return any(k == "emb.weight" or k.startswith("blocks.") for k in keys)
 
 
 class RWKV7PreTrainedModel(PreTrainedModel):
@@ -396,19 +413,42 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
         if _is_project_source(src):
             model = cls._from_project_source(src, backend, **kwargs)
         else:
+            want_info = kwargs.pop("output_loading_info", False)
             with _fla_conversions_registered(cls.__name__):
-                model = super().from_pretrained(src, *model_args, **kwargs)
+                model, info = super().from_pretrained(src, *model_args, output_loading_info=True, **kwargs)
+            missing = [k for k in info.get("missing_keys", ()) if not k.startswith("model.tunable.")]
+            if missing or info.get("mismatched_keys"):
+                bad = missing or [k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]]
+                raise ValueError(f"{src}: {'missing' if missing else 'mis-shaped'} weight {bad[0]!r}"
+                                 + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                                 + "; not an RWKV-7 folder in fla-hub's layout")
             if backend is not None:
                 model.config.wkv_backend = model.rwkv.wkv_backend = backend
+            if not model.config.base_model:  # what a state-only save_pretrained of this model names
+                model.config.base_model = src
             model.rwkv.requires_grad_(False)
         saved = Path(src) / STATE_FILE
         model.attach_state(state if state is not None else (saved if saved.is_file() else None))
-        return model.eval()
+        model.eval()
+        return (model, info) if not _is_project_source(src) and want_info else model
 
     @classmethod
     def _from_project_source(cls, src: str, backend: str | None, **kwargs) -> "RWKV7ForCausalLM":
         from rl_statetune.checkpoint import load_model
 
+        folder = Path(src)
+        conf_file = folder / "config.json"
+        if conf_file.is_file() and not any((folder / f).exists() for f in WEIGHT_FILES):
+            # a state-only folder: the model is its base_model (any source from_pretrained reads)
+            saved = json.loads(conf_file.read_text())
+            base = saved.get("base_model")
+            if not base:
+                raise ValueError(f"{conf_file} names no base_model and the folder holds no weights")
+            if Path(base).resolve() == folder.resolve():
+                raise ValueError(f"{conf_file} names its own folder as base_model")
+            model = cls.from_pretrained(base, backend=backend or saved.get("wkv_backend"), **kwargs)
+            model.config.base_model = base
+            return model
         # the keywords transformers' from_pretrained takes that mean something here; the rest are refused
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or "float32"
         device = kwargs.pop("device_map", None) or kwargs.pop("device", None) or "cpu"
@@ -430,12 +470,8 @@ class RWKV7ForCausalLM(RWKV7PreTrainedModel, GenerationMixin):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         base, saved = src, {}
-        conf_file = Path(src) / "config.json"
-        if conf_file.is_file():  # a state-only folder: the weights come from its base_model
-            saved = json.loads(conf_file.read_text())
-            if not saved.get("base_model"):
-                raise ValueError(f"{conf_file} names no base_model and the folder holds no weights")
-            base = saved["base_model"]
+        if conf_file.is_file() and (folder / "model.safetensors").is_file():  # BlinkDL names in the folder
+            saved, base = json.loads(conf_file.read_text()), str(folder / "model.safetensors")
         if config is not None and getattr(config, "wkv_backend", None):
             saved["wkv_backend"] = config.wkv_backend
         backend = backend or saved.get("wkv_backend") or "auto"
