@@ -65,6 +65,17 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) 
     return idx.to(device), torch.tensor(lengths, dtype=torch.long, device=device)
 
 
+def decode_one(model: Any, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """One token per row, tokens [B] -> (logits [B, V], state): the model's dedicated ``decode`` step where it has
+    one (``RWKV7.decode``), else a forward of [B, 1]."""
+    step = getattr(model, "decode", None)
+    if callable(step):
+        return step(tokens, state)
+    logits, state = model(tokens[:, None], state)
+    check_logits(logits, tokens[:, None])
+    return logits[:, -1], state
+
+
 def check_logits(logits: torch.Tensor, idx: torch.Tensor) -> None:
     if logits.dim() != 3 or logits.shape[:2] != idx.shape:
         raise ValueError(f"model returned logits of shape {tuple(logits.shape)} for input {tuple(idx.shape)}; "

@@ -201,6 +201,13 @@ class RWKV7(nn.Module):
         hidden, new_state = self.hidden(idx, state, lengths)
         return self.head(hidden), new_state
 
+    def decode(self, tokens: torch.Tensor, state: RecurrentState | None = None):
+        """One token per row: tokens [B] -> (logits [B, V] float32, new state); the fast one-token step of
+        ``rl_statetune.decode`` (the same numbers as ``forward`` on one token)."""
+        from rl_statetune.decode import decode_step
+
+        return decode_step(self, tokens, state)
+
     def hidden(self, idx: torch.Tensor, state: RecurrentState | None = None,
                lengths: torch.Tensor | None = None):
         """Like ``forward`` but returns the final ln_out features [B,T,C] instead of logits."""

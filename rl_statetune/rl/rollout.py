@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from rl_statetune.generation import sample
+from rl_statetune.lm import decode_one
 from rl_statetune.model import RWKV7, RecurrentState
 
 InitState = Callable[[int], RecurrentState]
@@ -25,8 +26,7 @@ def sample_rollouts(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends
         nxt = sample(last, temperature, 1.0, generator)
         out.append(nxt)
         if i + 1 < k:
-            logits, state = model(nxt[:, None], state)
-            last = logits[:, -1]
+            last, state = decode_one(model, nxt, state)
     return torch.stack(out, dim=1)
 
 

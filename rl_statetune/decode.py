@@ -1,0 +1,123 @@
+"""The one-token step of RWKV-7 (generation, ``generate_until``, RL sampling): ``decode_step(model, tokens, state)``.
+
+The same computation as ``RWKV7.forward`` with T = 1, written for speed: no token shift by concatenation, no
+chunking or reshapes of the sequence path, the six token-shift mixes in one fused op, the WKV update as two
+batched matmuls into a freshly allocated state (the input state is never modified), and the small per-layer
+vectors prepared once per model (``_layer_constants``). Everything element-wise runs in float32; the big
+matrix-vector products run in the weights' dtype (float32: the results equal ``forward``'s; float16 weights run
+the CPU's fast F16C path, bfloat16 weights its bfloat16 path). Logits come back in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rl_statetune.model import DECAY_SCALE, LN_X_EPS, RWKV7, RecurrentState
+
+
+def _mv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [B, in] float32 @ weight.T ([out, in], any dtype) -> [B, out] float32."""
+    if weight.dtype == torch.float32:
+        return F.linear(x, weight)
+    return F.linear(x.to(weight.dtype), weight).float()
+
+
+def _lora(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [B, in] float32 @ w ([in, out], any dtype) -> [B, out] float32."""
+    if w.dtype == torch.float32:
+        return x @ w
+    return (x.to(w.dtype) @ w).float()
+
+
+def _layer_constants(model: RWKV7) -> list[dict]:
+    """Per layer: the float32 vectors of the one-token step (the six mixes stacked), built once per weights."""
+    key = (model.emb.weight.data_ptr(), model.emb.weight.dtype, model.emb.weight.device,
+           sum(p._version for p in model.parameters()))
+    cached = getattr(model, "_decode_constants", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    f = lambda t: t.detach().float().reshape(-1)  # noqa: E731
+    out = []
+    for i, blk in enumerate(model.blocks):
+        att = blk.att
+        c = {"mix": torch.stack([f(getattr(att, n)) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")])[:, None],
+             "w0": f(att.w0), "a0": f(att.a0), "k_k": f(att.k_k), "k_a": f(att.k_a), "r_k": att.r_k.detach().float(),
+             "ln_x": (f(att.ln_x.weight), f(att.ln_x.bias)), "ffn_x_k": f(blk.ffn.x_k),
+             "ln1": (f(blk.ln1.weight), f(blk.ln1.bias)), "ln2": (f(blk.ln2.weight), f(blk.ln2.bias))}
+        if i == 0:
+            c["ln0"] = (f(blk.ln0.weight), f(blk.ln0.bias))
+        else:
+            c["v0"] = f(att.v0)
+        out.append(c)
+    out.append({"ln_out": (f(model.ln_out.weight), f(model.ln_out.bias))})
+    model._decode_constants = (key, out)
+    return out
+
+
+def decode_step(model: RWKV7, tokens: torch.Tensor, state: RecurrentState | None = None
+                ) -> tuple[torch.Tensor, RecurrentState]:
+    """tokens [B] -> (logits [B, V] float32, the state after them). Falls back to ``forward`` where the fast
+    step does not apply: an upscaled state, gradients, or a GPU (whose Triton decode kernel ``forward`` uses)."""
+    if tokens.dim() != 1:
+        raise ValueError(f"decode_step takes one token per row, tokens [B]; got shape {tuple(tokens.shape)}")
+    B = tokens.shape[0]
+    if state is None:
+        state = model.zero_state(B)
+    elif state.batch_size != B:
+        raise ValueError(f"state has batch size {state.batch_size} but tokens has {B}")
+    grad = torch.is_grad_enabled() and (state.wkv.requires_grad or any(p.requires_grad for p in model.parameters()))
+    if state.lift is not None or state.lifted is not None or grad or model.emb.weight.device.type != "cpu":
+        logits, new = model(tokens[:, None], state)
+        return logits[:, 0].float(), new
+
+    cfg = model.config
+    C, H, N, L = cfg.n_embd, cfg.n_head, cfg.head_size, cfg.n_layer
+    consts = _layer_constants(model)
+    new = RecurrentState(torch.empty_like(state.att_x), torch.empty(state.wkv.shape, dtype=torch.float32),
+                         torch.empty_like(state.ffn_x))
+    x = model.emb.weight[tokens].float()
+    v_first = None
+    for i, blk in enumerate(model.blocks):
+        c, att = consts[i], blk.att
+        if i == 0:
+            x = F.layer_norm(x, (C,), *c["ln0"])
+        xn = F.layer_norm(x, (C,), *c["ln1"])
+        new.att_x[i] = xn
+        mixed = torch.addcmul(xn, state.att_x[i].float() - xn, c["mix"])      # [6, B, C]
+        xr, xw, xk, xv, xa, xg = mixed.unbind(0)
+        r, k, v = _mv(xr, att.receptance.weight), _mv(xk, att.key.weight), _mv(xv, att.value.weight)
+        w = torch.exp(-DECAY_SCALE * torch.sigmoid(c["w0"] + _lora(torch.tanh(_lora(xw, att.w1)), att.w2)))
+        a = torch.sigmoid(c["a0"] + _lora(_lora(xa, att.a1), att.a2))
+        g = _lora(torch.sigmoid(_lora(xg, att.g1)), att.g2)
+        kk = F.normalize((k * c["k_k"]).view(B, H, N), dim=-1)
+        k = k * (1 + (a - 1) * c["k_a"])
+        if i == 0:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(c["v0"] + _lora(_lora(xv, att.v1), att.v2))
+
+        # S' = S diag(w) + (S (-kk)) (kk a)^T + v k^T ;  y = S' r      (per row and head, S [N_v, N_k])
+        S = state.wkv[i].float().reshape(B * H, N, N)
+        S_new = new.wkv[i].view(B * H, N, N)
+        torch.mul(S, w.view(B * H, 1, N), out=S_new)
+        kk = kk.view(B * H, N)
+        sa = torch.bmm(S, -kk[:, :, None])                                     # [BH, N, 1]
+        left = torch.cat([sa, v.view(B * H, N, 1)], dim=2)                     # [BH, N, 2]
+        right = torch.stack([kk * a.view(B * H, N), k.view(B * H, N)], dim=1)  # [BH, 2, N]
+        S_new.baddbmm_(left, right)
+        y = torch.bmm(S_new, r.view(B * H, N, 1)).view(B, C)
+
+        y = F.group_norm(y, H, *c["ln_x"], eps=LN_X_EPS)
+        y = y + ((r * k).view(B, H, N) * c["r_k"]).sum(-1, keepdim=True).mul(v.view(B, H, N)).view(B, C)
+        x = x + _mv(y * g, att.output.weight)
+
+        xn = F.layer_norm(x, (C,), *c["ln2"])
+        new.ffn_x[i] = xn
+        kx = torch.addcmul(xn, state.ffn_x[i].float() - xn, c["ffn_x_k"])
+        x = x + _mv(torch.relu(_mv(kx, blk.ffn.key.weight)).square_(), blk.ffn.value.weight)
+    x = F.layer_norm(x, (C,), *consts[L]["ln_out"])
+    return _mv(x, model.head.weight), new
+
+
+__all__ = ["decode_step"]
