@@ -23,15 +23,10 @@ def _mv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x.to(weight.dtype), weight).float()
 
 
-def _lora(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [B, in] float32 @ w ([in, out], any dtype) -> [B, out] float32."""
-    if w.dtype == torch.float32:
-        return x @ w
-    return (x.to(w.dtype) @ w).float()
-
-
 def _layer_constants(model: RWKV7) -> list[dict]:
-    """Per layer: the float32 vectors of the one-token step (the six mixes stacked), built once per weights."""
+    """Per layer: the float32 vectors of the one-token step (the six mixes stacked) and LoRA matrices, built once
+    per weights. The LoRAs are small (21 MB in float32 at the 0.1B shape); half-precision ones stored [in, out]
+    run a slow matmul on CPUs (float16 x @ W is ~20x slower than F.linear's layout), so they are kept in float32."""
     key = (model.emb.weight.data_ptr(), model.emb.weight.dtype, model.emb.weight.device,
            sum(p._version for p in model.parameters()))
     cached = getattr(model, "_decode_constants", None)
@@ -41,7 +36,9 @@ def _layer_constants(model: RWKV7) -> list[dict]:
     out = []
     for i, blk in enumerate(model.blocks):
         att = blk.att
-        c = {"mix": torch.stack([f(getattr(att, n)) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")])[:, None],
+        lora = {n: getattr(att, n).detach().float() for n in ("w1", "w2", "a1", "a2", "g1", "g2")
+                + (("v1", "v2") if i > 0 else ())}
+        c = {**lora, "mix": torch.stack([f(getattr(att, n)) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")])[:, None],
              "w0": f(att.w0), "a0": f(att.a0), "k_k": f(att.k_k), "k_a": f(att.k_a), "r_k": att.r_k.detach().float(),
              "ln_x": (f(att.ln_x.weight), f(att.ln_x.bias)), "ffn_x_k": f(blk.ffn.x_k),
              "ln1": (f(blk.ln1.weight), f(blk.ln1.bias)), "ln2": (f(blk.ln2.weight), f(blk.ln2.bias))}
@@ -87,15 +84,15 @@ def decode_step(model: RWKV7, tokens: torch.Tensor, state: RecurrentState | None
         mixed = torch.addcmul(xn, state.att_x[i].float() - xn, c["mix"])      # [6, B, C]
         xr, xw, xk, xv, xa, xg = mixed.unbind(0)
         r, k, v = _mv(xr, att.receptance.weight), _mv(xk, att.key.weight), _mv(xv, att.value.weight)
-        w = torch.exp(-DECAY_SCALE * torch.sigmoid(c["w0"] + _lora(torch.tanh(_lora(xw, att.w1)), att.w2)))
-        a = torch.sigmoid(c["a0"] + _lora(_lora(xa, att.a1), att.a2))
-        g = _lora(torch.sigmoid(_lora(xg, att.g1)), att.g2)
+        w = torch.exp(-DECAY_SCALE * torch.sigmoid(c["w0"] + torch.tanh(xw @ c["w1"]) @ c["w2"]))
+        a = torch.sigmoid(c["a0"] + (xa @ c["a1"]) @ c["a2"])
+        g = torch.sigmoid(xg @ c["g1"]) @ c["g2"]
         kk = F.normalize((k * c["k_k"]).view(B, H, N), dim=-1)
         k = k * (1 + (a - 1) * c["k_a"])
         if i == 0:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(c["v0"] + _lora(_lora(xv, att.v1), att.v2))
+            v = v + (v_first - v) * torch.sigmoid(c["v0"] + (xv @ c["v1"]) @ c["v2"])
 
         # S' = S diag(w) + (S (-kk)) (kk a)^T + v k^T ;  y = S' r      (per row and head, S [N_v, N_k])
         S = state.wkv[i].float().reshape(B * H, N, N)
