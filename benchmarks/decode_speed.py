@@ -7,7 +7,9 @@ bfloat16 as real checkpoints are. Contenders, measured interleaved (round robin,
   "cpu fp32" / "cpu bf16", one token per ``forward([tok], state)`` and a whole prompt per ``forward(tokens)``;
 * ``ours fp32`` / ``ours bf16`` / ``ours fp16``: ``RWKV7`` with float32 / bfloat16 / float16 weights (the bf16
   file converts exactly to float16 for weights within its range), ``model.decode`` for one token and ``model(idx)``
-  for a prompt; ``ours ... B=8``: eight sequences decoded together (tokens/s counts all eight).
+  for a prompt; ``ours bf16+fp16 step``: bfloat16 weights whose one-token step uses float16 copies of the big
+  matrices (``model.decode_dtype``); ``ours ... B=8``: eight sequences decoded together (tokens/s counts all
+  eight).
 
 Prints tokens/s per thread count and the ratio to ``rwkv fp32``. On a machine shared with other jobs compare
 only figures from the same run.
@@ -65,8 +67,9 @@ class Official:
 
 
 class Ours:
-    def __init__(self, path: Path, dtype: str, batch: int = 1):
+    def __init__(self, path: Path, dtype: str, batch: int = 1, decode_dtype: torch.dtype | None = None):
         self.model, self.batch = load_model(path, dtype=dtype), batch
+        self.model.decode_dtype = decode_dtype
 
     @torch.inference_mode()
     def prefill(self, toks: list[int]):
@@ -104,6 +107,7 @@ def main(argv=None) -> None:
         if not args.no_half:
             for name, make in (("rwkv bf16", lambda: Official(path, "cpu bf16")),
                                ("ours bf16", lambda: Ours(path, "bfloat16")),
+                               ("ours bf16+fp16 step", lambda: Ours(path, "bfloat16", decode_dtype=torch.float16)),
                                ("ours fp16", lambda: Ours(path, "float16"))):
                 try:
                     contenders[name] = make()

@@ -173,6 +173,7 @@ class RWKV7(nn.Module):
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_backend = "auto"
+        self.decode_dtype: torch.dtype | None = None   # dtype of the one-token step's matrices (rl_statetune.decode)
 
     # -- state -----------------------------------------------------------------------------------------------
     @property

@@ -115,3 +115,18 @@ def test_decode_rejects_bad_shapes(ckpt):
         model.decode(torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match="batch size"):
         model.decode(torch.tensor([1, 2]), model.zero_state(3))
+
+
+@torch.no_grad()
+def test_decode_dtype_copies_follow_the_weights(ckpt):
+    """A bfloat16 model decoding with float16 copies of its matrices: close to float32, and the copies are rebuilt
+    when the weights change."""
+    m32, m = load_model(ckpt), load_model(ckpt, dtype="bfloat16")
+    m.decode_dtype = torch.float16
+    tok = torch.tensor([3, 9])
+    want, _ = m32.decode(tok)
+    got, _ = m.decode(tok)
+    assert rel(got, want) < 0.01
+    m.head.weight.mul_(2)           # in place: the cached float16 head must follow
+    m32.head.weight.mul_(2)
+    assert rel(m.decode(tok)[0], m32.decode(tok)[0]) < 0.01
