@@ -3,7 +3,7 @@
 A step is ``trainer.target_loss`` forward + backward to S0 (the tune step; an RL learner step is the same
 teacher-forced forward/backward over the guide's tokens plus its reward terms) on B x T random tokens with the loss
 on every position, random weights of the named shape. Each (shape, dtype) runs in its own process so that the peak
-resident memory (ru_maxrss) is its own; "model" is the RSS after building the model, "peak" the maximum over the
+resident memory (VmHWM) is its own; "imports" is the process before the model, "+ model" what loading it (from a bfloat16 file) added, "peak" the maximum over the
 steps. On a machine shared with other jobs compare only rows of one run.
 
     python benchmarks/step_cost.py                                   # 0.1B, B=2 T=256, float32 and bfloat16
@@ -27,23 +27,40 @@ SHAPES = {  # RWKV-7 World: (layers, embd); head 64, vocab 65536, LoRA ranks of 
 
 
 def _rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss it does not inherit the parent's peak)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one(shape: str, dtype: str, B: int, T: int, steps: int, threads: int, device: str = "cpu") -> dict:
+def _config(shape: str):
+    from rl_statetune.model import RWKV7Config
+
+    L, C, dw, da, dv, dg = SHAPES[shape]
+    return RWKV7Config(65536, C, L, 64, dw, da, dv, dg, 4 * C)
+
+
+def write_model(shape: str, path: str) -> None:
+    """Random weights of the shape, saved bfloat16 as real checkpoints are."""
+    from rl_statetune.checkpoint import save_blinkdl
+    from rl_statetune.init import init_rwkv7
+
+    save_blinkdl(init_rwkv7(_config(shape), seed=0, noise=1.0), path)
+
+
+def one(path: str, dtype: str, B: int, T: int, steps: int, threads: int, device: str = "cpu") -> dict:
     import torch
 
     from rl_statetune.data import Batch
-    from rl_statetune.init import init_rwkv7
-    from rl_statetune.model import RWKV7Config
+    from rl_statetune.checkpoint import load_model
     from rl_statetune.state import TimeState
     from rl_statetune.trainer import target_loss
 
     torch.set_num_threads(threads)
-    L, C, dw, da, dv, dg = SHAPES[shape]
-    cfg = RWKV7Config(65536, C, L, 64, dw, da, dv, dg, 4 * C)
-    model = init_rwkv7(cfg, seed=0, noise=1.0).to(device=device, dtype=getattr(torch, dtype))
-    model.requires_grad_(False).eval()
+    base = _rss_mb()                                 # torch and the project imported
+    model = load_model(path, dtype=dtype, device=device)
+    cfg = model.config
     cuda = device.startswith("cuda")
     mem = (lambda: torch.cuda.max_memory_allocated() / 2**20) if cuda else _rss_mb  # noqa: E731
     rss_model = mem()
@@ -60,8 +77,8 @@ def one(shape: str, dtype: str, B: int, T: int, steps: int, threads: int, device
         times.append(time.perf_counter() - t0)
         state.time_state.grad = None
     step_s = sorted(times[1:])[len(times[1:]) // 2]
-    return {"shape": shape, "dtype": dtype, "B": B, "T": T, "threads": threads, "step_s": step_s,
-            "tokens_per_s": B * T / step_s, "rss_model_mb": rss_model, "rss_peak_mb": mem()}
+    return {"dtype": dtype, "B": B, "T": T, "threads": threads, "step_s": step_s,
+            "tokens_per_s": B * T / step_s, "rss_base_mb": base, "rss_model_mb": rss_model, "rss_peak_mb": mem()}
 
 
 def main(argv=None) -> None:
@@ -73,25 +90,31 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps (median) after one warm-up step")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cuda: memory columns are torch's max allocated, not RSS")
-    p.add_argument("--one", nargs=2, metavar=("SHAPE", "DTYPE"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=2, metavar=("CHECKPOINT", "DTYPE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(one(*args.one, args.B, args.T, args.steps, args.threads, args.device)))
         return
     print(f"# tune step = forward + backward to S0, B={args.B} T={args.T}, {args.threads} thread(s), "
           f"median of {args.steps} steps after a warm-up; random weights; {args.device}")
-    print(f"{'shape':6s} {'dtype':9s} {'tokens/s':>9s} {'step s':>8s} {'model RSS MB':>13s} {'peak RSS MB':>12s}")
+    print(f"{'shape':6s} {'dtype':9s} {'tokens/s':>9s} {'step s':>8s} {'imports MB':>11s} {'+ model MB':>11s} "
+          f"{'peak MB':>8s}")
+    import tempfile
+
     for shape in args.shapes:
+        tmp = tempfile.TemporaryDirectory()
+        path = f"{tmp.name}/{shape}.pth"
+        write_model(shape, path)
         for dtype in args.dtypes:
-            cmd = [sys.executable, "-P", __file__, "--one", shape, dtype, "--B", str(args.B), "--T", str(args.T),
+            cmd = [sys.executable, "-P", __file__, "--one", path, dtype, "--B", str(args.B), "--T", str(args.T),
                    "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(f"{shape:6s} {dtype:9s} failed: {res.stderr.strip().splitlines()[-1:]}")
                 continue
             r = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"{shape:6s} {dtype:9s} {r['tokens_per_s']:9.1f} {r['step_s']:8.2f} {r['rss_model_mb']:13.0f} "
-                  f"{r['rss_peak_mb']:12.0f}", flush=True)
+            print(f"{shape:6s} {dtype:9s} {r['tokens_per_s']:9.1f} {r['step_s']:8.2f} {r['rss_base_mb']:11.0f} "
+                  f"{r['rss_model_mb'] - r['rss_base_mb']:11.0f} {r['rss_peak_mb']:8.0f}", flush=True)
 
 
 if __name__ == "__main__":
