@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rl_statetune.lm import can_select, check_logits, initial_state, model_device, pad_right
+from rl_statetune.lm import can_select, check_logits, decode_one, initial_state, model_device, pad_right
 
 
 @torch.inference_mode()
@@ -62,9 +62,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
             if len(keep) < len(rows) and can_select(state):
                 state, nxt = state.select(keep), nxt[torch.as_tensor(keep, device=nxt.device)]
                 rows = [rows[r] for r in keep]
-            logits, state = model(nxt.unsqueeze(1), state)
-            check_logits(logits, nxt.unsqueeze(1))
-            nxt = step(logits[:, -1])
+            logits, state = decode_one(model, nxt, state)
+            nxt = step(logits)
         for b, i in enumerate(batch):
             outputs[i] = truncate_at_stop(texts[b], stop)
     return outputs

@@ -75,6 +75,19 @@ def check_finite(logits: torch.Tensor, what: str = "the model's logits") -> None
         raise NonFiniteLogits(f"NaN or inf in {what} (a diverged state or model)")
 
 
+def decode_one(model: Any, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """One token per row, tokens [B] -> (logits [B, V], state): the model's dedicated ``decode`` step where it has
+    one (``RWKV7.decode``), else a forward of [B, 1]."""
+    step = getattr(model, "decode", None)
+    if callable(step):
+        logits, state = step(tokens, state)
+        check_finite(logits)
+        return logits, state
+    logits, state = model(tokens[:, None], state)
+    check_logits(logits, tokens[:, None])
+    return logits[:, -1], state
+
+
 def check_logits(logits: torch.Tensor, idx: torch.Tensor) -> None:
     if logits.dim() != 3 or logits.shape[:2] != idx.shape:
         raise ValueError(f"model returned logits of shape {tuple(logits.shape)} for input {tuple(idx.shape)}; "

@@ -173,6 +173,7 @@ class RWKV7(nn.Module):
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_backend = "auto"
+        self.decode_dtype: torch.dtype | None = None   # dtype of the one-token step's matrices (rl_statetune.decode)
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
@@ -200,6 +201,13 @@ class RWKV7(nn.Module):
         """
         hidden, new_state = self.hidden(idx, state, lengths)
         return self.head(hidden), new_state
+
+    def decode(self, tokens: torch.Tensor, state: RecurrentState | None = None):
+        """One token per row: tokens [B] -> (logits [B, V] float32, new state); the fast one-token step of
+        ``rl_statetune.decode`` (the same numbers as ``forward`` on one token)."""
+        from rl_statetune.decode import decode_step
+
+        return decode_step(self, tokens, state)
 
     def hidden(self, idx: torch.Tensor | None, state: RecurrentState | None = None,
                lengths: torch.Tensor | None = None, embeds: torch.Tensor | None = None,

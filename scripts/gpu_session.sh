@@ -7,6 +7,7 @@
 #   run(command="bash scripts/gpu_session.sh tests", carry=[".whl"])    # CUDA tests of kernels, fla, model
 #   run(command="bash scripts/gpu_session.sh bench", carry=[".whl"])    # benchmarks/wkv.py, bf16 and fp32
 #   run(command="bash scripts/gpu_session.sh tune", carry=[".whl"])     # chunk x block_v of the kernels, T = 4096
+#   run(command="bash scripts/gpu_session.sh half", carry=[".whl"])     # bf16/fp16 model tests, 0.1B-shape step
 #
 # Logs go to $OUT (the tool brings them back). Record the figures in docs/kernels.md.
 set -euo pipefail
@@ -48,6 +49,14 @@ bench)
     python3 benchmarks/wkv.py --dtype bfloat16 2>&1 | tee "$out/bench_bf16.txt"
     python3 benchmarks/wkv.py --dtype float32 --BH 64 2>&1 | tee "$out/bench_fp32.txt"
     python3 benchmarks/wkv.py --dtype bfloat16 --all-grads --T 4096 --only triton fla 2>&1 | tee "$out/bench_allgrads.txt"
+    ;;
+half)
+    install
+    # the half-precision and decode tests (they run on CPU tensors; the model-level CUDA paths are in "tests"), then a
+    # tune step (forward + backward to S0) at the 0.1B shape on the GPU, float32 vs bfloat16
+    python3 -P -m pytest -q -p no:cacheprovider tests/test_half_precision.py tests/test_decode.py 2>&1 | tee "$out/half_tests.txt"
+    python3 -P benchmarks/step_cost.py --device cuda --shapes 0.1B 0.4B 1.5B --B 4 --T 1024 --steps 3 2>&1 \
+        | tee "$out/step_cost_cuda.txt"
     ;;
 tune)
     install

@@ -15,7 +15,7 @@ from wkv_inputs import make_inputs, rel_err
 
 from rl_statetune.checkpoint import load_model
 from rl_statetune.hf import RWKV7ForCausalLM  # before lm_eval: see tests/test_hf_model.py
-from rl_statetune.eval.harness import RWKVStateLM, tokenizer_for
+from rl_statetune.tokenizer import WorldTokenizer
 from rl_statetune.generation import generate
 from rl_statetune.state import TimeState, initial_state_fn
 from rl_statetune.wkv import wkv7
@@ -60,7 +60,7 @@ def test_wkv_accumulates_in_float32(dtype, T):
 # -- the model ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", HALF, ids=name)
 def test_logits_and_states_match_float32(models, dtype):
-    tok = tokenizer_for(models[torch.float32])
+    tok = WorldTokenizer()
     idx = torch.tensor([tok.encode(PROMPT)])
     more = torch.tensor([tok.encode(" 8")])
     tuned = random_state(models[torch.float32].config)
@@ -81,7 +81,7 @@ def test_logits_and_states_match_float32(models, dtype):
 
 @pytest.mark.parametrize("dtype", HALF, ids=name)
 def test_greedy_tokens_equal_float32(models, dtype):
-    tok = tokenizer_for(models[torch.float32])
+    tok = WorldTokenizer()
     tuned = random_state(models[torch.float32].config, scale=0.2)
     for init in (None, tuned):
         outs = [generate(models[dt], tok, [PROMPT, "Question: 7 + 5 = ?\nAnswer:"], 24, stop=(),
@@ -96,7 +96,7 @@ def test_tuning_gradient_points_the_same_way(models, dtype):
     from rl_statetune.trainer import target_loss
 
     train, _ = load_examples(DataConfig(task="synthetic", target_format="sentence", train_size=8, eval_size=4))
-    batch = collate(train[:4], tokenizer_for(models[torch.float32]), 96)
+    batch = collate(train[:4], WorldTokenizer(), 96)
     grads, losses = {}, {}
     for dt in (torch.float32, dtype):
         state = random_state(models[dt].config, seed=1, scale=0.1)
@@ -113,7 +113,7 @@ def test_tuning_gradient_points_the_same_way(models, dtype):
 def test_upscaled_state_and_dbp(models, dtype):
     from rl_statetune.upscale import build_upscaled_state, dbp_step
 
-    tok = tokenizer_for(models[torch.float32])
+    tok = WorldTokenizer()
     idx = torch.tensor([tok.encode(PROMPT)] * 2)
     out = {}
     for dt in (torch.float32, dtype):
@@ -143,8 +143,9 @@ class Req:
 
 @pytest.mark.parametrize("cache", [True, False], ids=["prefix_cache", "plain"])
 def test_eval_loglikelihood_and_generate_until(models, cache):
+    RWKVStateLM = pytest.importorskip("rl_statetune.eval.harness", reason="lm-eval is not installed").RWKVStateLM
     dtype = torch.bfloat16   # float16 runs the same code (slowly on CPUs without float16 arithmetic)
-    tok = tokenizer_for(models[torch.float32])
+    tok = WorldTokenizer()
     shared = tok.encode("Question: Which number is the largest of the following list? ")
     reqs = [(None, shared + tok.encode(q), tok.encode(c)) for q in ("3, 9, 4\nAnswer:", "12, 8\nAnswer:")
             for c in (" 9", " 12", " 4 and more")]
@@ -163,6 +164,7 @@ def test_eval_loglikelihood_and_generate_until(models, cache):
 
 
 def test_eval_model_takes_a_dtype_argument():
+    RWKVStateLM = pytest.importorskip("rl_statetune.eval.harness", reason="lm-eval is not installed").RWKVStateLM
     lm = RWKVStateLM(pretrained="embedded:reason", dtype="bfloat16", progress=False)
     assert lm.model.emb.weight.dtype == torch.bfloat16
     (ll, _), = lm._loglikelihood_tokens([(None, [10, 20, 30], [40, 50])], disable_tqdm=True)
@@ -176,7 +178,7 @@ def test_hf_wrapper(dtype):
     for dt in (torch.float32, dtype):
         model = RWKV7ForCausalLM.from_pretrained("embedded:reason", dtype=dt)
         model.attach_state(random_state(model.rwkv.config, scale=0.2))
-        enc = torch.tensor([tokenizer_for(model.rwkv).encode(PROMPT)])
+        enc = torch.tensor([WorldTokenizer().encode(PROMPT)])
         out = model(input_ids=enc, labels=enc)
         out.loss.backward()
         assert model.tunable.time_state.grad.dtype == torch.float32

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from rl_statetune.generation import sample
-from rl_statetune.lm import check_finite
+from rl_statetune.lm import check_finite, decode_one
 from rl_statetune.model import RWKV7, RecurrentState
 
 InitState = Callable[[int], RecurrentState]
@@ -28,8 +28,7 @@ def sample_rollouts(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends
         nxt = sample(last, temperature, 1.0, generator)
         out.append(nxt)
         if i + 1 < k:
-            logits, state = model(nxt[:, None], state)
-            last = logits[:, -1]
+            last, state = decode_one(model, nxt, state)
     return torch.stack(out, dim=1)
 
 
@@ -81,8 +80,7 @@ def sample_answers(model: RWKV7, init_state: InitState, idx: torch.Tensor, lengt
         done = done | stop_mask[nxt]
         if bool(done.all()):
             break
-        logits, state = model(nxt[:, None], state)
-        last = logits[:, -1]
+        last, state = decode_one(model, nxt, state)
     return torch.stack(ids, 1), torch.stack(masks, 1)
 
 
