@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,6 +31,22 @@ def test_transformers_does_not_mistake_our_kernels_folder_for_hf_kernels():
     found, real, available = out.stdout.split()
     assert found == "True"              # the folder is visible as `kernels` from the repo root...
     assert available == real            # ...but transformers only reports the real, installed package
+
+
+def test_a_bare_kernels_import_from_the_repo_root_gets_the_installed_package():
+    """transformers >= 5.25 requires and imports Hugging Face's `kernels`; from the repository root our folder came
+    first and `from rl_statetune.hf import ...` failed (cannot import name 'CUDAProperties' from 'kernels')."""
+    import importlib.metadata as md
+
+    try:
+        md.version("kernels")
+    except md.PackageNotFoundError:
+        pytest.skip("Hugging Face's kernels package is not installed; nothing to hand the name over to")
+    code = "import kernels, rl_statetune.hf, rl_statetune_kernels as k; print(kernels.__file__, k.wkv7_triton.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-1500:]
+    path, name = out.stdout.split()
+    assert Path(path).parent != ROOT / "kernels" and name == "wkv7_triton"
 
 
 def test_every_subpackage_is_in_the_wheel():
