@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Guided RL against imitation on the reasoning task (embedded:reason), every row scored on FRESH held-out problems.
 
-    python benchmarks/rl_vs_imitation.py --config configs/rl_quick.yaml --seeds 0 1 2 --steps 12
+    python benchmarks/rl_vs_imitation.py --config configs/rl_quick.yaml --seeds 0 1 2 --steps 10 \
+        --set train.batch_size=4
+    python benchmarks/rl_vs_imitation.py --table benchmarks/out/rl_vs_imitation.json     # the table again
 
 Rows (same base config, same step budget and batch size; only the reward / guide / tuner differ):
 
@@ -54,7 +56,8 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "on-policy-self": (SELF, {"terms": {"on_policy": 1.0}}),
     "on-policy+verifier": (SELF, {"terms": {"on_policy": 1.0, "verifier": 1.0}}),
 }
-ROWS = ["frozen", "frozen+header", "tune-rationales", *RL_ROWS]
+ROWS = ["frozen", "frozen+header", "tune-rationales", "match-rationales", "grpo-verifier", "on-policy-self",
+        "rejection-self", "on-policy+verifier", "match-self"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
@@ -66,7 +69,7 @@ def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
 def rl_variant(base: RLConfig, row: str, seed: int, steps: int, out: Path) -> RLConfig:
     guide, reward = RL_ROWS[row]
     d = base.model_dump(mode="json")
-    cot = {**d["guide"]["cot"], **guide.get("cot", {})}
+    cot = {**d["guide"]["cot"], "verify": False, **guide.get("cot", {})}   # the filter only where the row says
     d["guide"] = {**{k: v for k, v in guide.items() if k != "cot"}, "cot": cot}
     d["reward"] = {**{k: v for k, v in d["reward"].items() if k not in ("kind", "terms")}, **reward}
     d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
@@ -103,7 +106,12 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/out/rl_vs_imitation.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="override the base config, e.g. optim.lr=1.0")
+    ap.add_argument("--table", default=None, help="only print the table of a results file written before")
     args = ap.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print(table(saved["rows"], saved["meta"]))
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     base = load_rl_config(args.config, args.set)
@@ -114,6 +122,9 @@ def main() -> None:
     fresh = fresh_examples(args.fresh_seed, args.fresh_size, train)
     budget = base.train.eval_max_new_tokens
     results: dict[str, list[dict]] = {}
+    meta = {"config": args.config, "steps": steps, "seeds": args.seeds, "fresh_seed": args.fresh_seed,
+            "fresh_size": len(fresh), "sets": args.set, "command": " ".join(sys.argv)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for row in args.rows:
         for seed in ([0] if row.startswith("frozen") else args.seeds):   # the frozen rows are deterministic
             state_file, wall, g_tokens = None, 0.0, 0
@@ -127,10 +138,7 @@ def main() -> None:
                    "wall_s": round(wall, 1)}
             results.setdefault(row, []).append(rec)
             print(json.dumps({"row": row, **rec}), flush=True)
-    meta = {"config": args.config, "steps": steps, "seeds": args.seeds, "fresh_seed": args.fresh_seed,
-            "fresh_size": len(fresh), "sets": args.set, "command": " ".join(sys.argv)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+            Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))   # as runs finish
     print(table(results, meta))
 
 
