@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/out/rl_vs_imitation.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="override the base config, e.g. optim.lr=1.0")
+    ap.add_argument("--eval-batch", type=int, default=256, help="held-out problems per generation batch")
+    ap.add_argument("--resume", action="store_true", help="skip the (row, seed) runs already in --out")
     ap.add_argument("--table", default=None, help="only print the table of a results file written before")
     args = ap.parse_args()
     if args.table:
@@ -122,23 +124,29 @@ def main() -> None:
     fresh = fresh_examples(args.fresh_seed, args.fresh_size, train)
     budget = base.train.eval_max_new_tokens
     results: dict[str, list[dict]] = {}
+    if args.resume and Path(args.out).exists():     # keep the (row, seed) records of an earlier, cut-off run
+        results = json.loads(Path(args.out).read_text())["rows"]
     meta = {"config": args.config, "steps": steps, "seeds": args.seeds, "fresh_seed": args.fresh_seed,
             "fresh_size": len(fresh), "sets": args.set, "command": " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    for row in args.rows:
-        for seed in ([0] if row.startswith("frozen") else args.seeds):   # the frozen rows are deterministic
-            state_file, wall, g_tokens = None, 0.0, 0
-            if not row.startswith("frozen"):
-                state_file, wall, g_tokens = run_row(row, base, seed, steps, Path(args.out_dir) / f"{row}-{seed}")
-            tunable = load_tunable(state_file, model.config) if state_file else None
-            exs = fresh if row != "frozen+header" else [Example(mode_header("reason") + e.prompt, e.target, e.answer)
-                                                        for e in fresh]
-            h = held_out(model, tok, exs, tunable, "sentence", budget, 64)
-            rec = {"seed": seed, "accuracy": h.accuracy, "tokens_per_answer": h.mean_tokens, "guide_tokens": g_tokens,
-                   "wall_s": round(wall, 1)}
-            results.setdefault(row, []).append(rec)
-            print(json.dumps({"row": row, **rec}), flush=True)
-            Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))   # as runs finish
+    # seed-major: every row once before any row twice (a cut-off run still covers every row)
+    plan = [(row, seed) for seed in args.seeds for row in args.rows
+            if not (row.startswith("frozen") and seed != args.seeds[0])]   # the frozen rows are deterministic
+    for row, seed in plan:
+        if any(r["seed"] == seed for r in results.get(row, [])):
+            continue
+        state_file, wall, g_tokens = None, 0.0, 0
+        if not row.startswith("frozen"):
+            state_file, wall, g_tokens = run_row(row, base, seed, steps, Path(args.out_dir) / f"{row}-{seed}")
+        tunable = load_tunable(state_file, model.config) if state_file else None
+        exs = fresh if row != "frozen+header" else [Example(mode_header("reason") + e.prompt, e.target, e.answer)
+                                                    for e in fresh]
+        h = held_out(model, tok, exs, tunable, "sentence", budget, args.eval_batch)
+        rec = {"seed": seed, "accuracy": h.accuracy, "tokens_per_answer": h.mean_tokens, "guide_tokens": g_tokens,
+               "wall_s": round(wall, 1)}
+        results.setdefault(row, []).append(rec)
+        print(json.dumps({"row": row, **rec}), flush=True)
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))   # as runs finish
     print(table(results, meta))
 
 
