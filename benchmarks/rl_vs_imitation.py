@@ -14,7 +14,8 @@ Rows (same base config, same step budget and batch size; only the reward / guide
 * ``match-self``: token match on the self-guide's CoTs (the frozen model with its header writes them, greedy);
 * ``rejection-self``: the same, guide CoTs with a wrong final answer dropped (``guide.cot.verify``);
 * ``on-policy-self``: the learner's own answers scored by the self-guide (per-token reverse KL);
-* ``on-policy+verifier``: the same plus the verifier term.
+* ``on-policy+verifier``: the same plus the verifier term;
+* ``rejection-self+verifier``: rejection-filtered self-guide CoTs (match) plus the verifier (``rl_quick.yaml``).
 
 Held-out problems: ``--fresh-size`` problems from data seed ``--fresh-seed`` (never used in training: training
 uses ``data.seed``, the run's own held-out ``data.seed + 1``), prompted with no header, greedy to the end of the
@@ -53,11 +54,12 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "match-rationales": (RATIONALES, {"kind": "match"}),
     "match-self": (SELF, {"kind": "match"}),
     "rejection-self": ({**SELF, "cot": {"verify": True}}, {"kind": "match"}),
+    "rejection-self+verifier": ({**SELF, "cot": {"verify": True}}, {"terms": {"match": 1.0, "verifier": 1.0}}),
     "on-policy-self": (SELF, {"terms": {"on_policy": 1.0}}),
     "on-policy+verifier": (SELF, {"terms": {"on_policy": 1.0, "verifier": 1.0}}),
 }
 ROWS = ["frozen", "frozen+header", "tune-rationales", "match-rationales", "grpo-verifier", "on-policy-self",
-        "rejection-self", "on-policy+verifier", "match-self"]
+        "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
