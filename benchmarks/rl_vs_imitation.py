@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Guided RL against imitation on the reasoning task (embedded:reason), every row scored on FRESH held-out problems.
 
-    python benchmarks/rl_vs_imitation.py --config configs/rl_quick.yaml --seeds 0 1 2 --steps 12
+    python benchmarks/rl_vs_imitation.py --config configs/rl_quick.yaml --seeds 0 1 2 --steps 10 \
+        --set train.batch_size=4
+    python benchmarks/rl_vs_imitation.py --table benchmarks/out/rl_vs_imitation.json     # the table again
 
 Rows (same base config, same step budget and batch size; only the reward / guide / tuner differ):
 
@@ -12,7 +14,8 @@ Rows (same base config, same step budget and batch size; only the reward / guide
 * ``match-self``: token match on the self-guide's CoTs (the frozen model with its header writes them, greedy);
 * ``rejection-self``: the same, guide CoTs with a wrong final answer dropped (``guide.cot.verify``);
 * ``on-policy-self``: the learner's own answers scored by the self-guide (per-token reverse KL);
-* ``on-policy+verifier``: the same plus the verifier term.
+* ``on-policy+verifier``: the same plus the verifier term;
+* ``rejection-self+verifier``: rejection-filtered self-guide CoTs (match) plus the verifier (``rl_quick.yaml``).
 
 Held-out problems: ``--fresh-size`` problems from data seed ``--fresh-seed`` (never used in training: training
 uses ``data.seed``, the run's own held-out ``data.seed + 1``), prompted with no header, greedy to the end of the
@@ -51,10 +54,12 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "match-rationales": (RATIONALES, {"kind": "match"}),
     "match-self": (SELF, {"kind": "match"}),
     "rejection-self": ({**SELF, "cot": {"verify": True}}, {"kind": "match"}),
+    "rejection-self+verifier": ({**SELF, "cot": {"verify": True}}, {"terms": {"match": 1.0, "verifier": 1.0}}),
     "on-policy-self": (SELF, {"terms": {"on_policy": 1.0}}),
     "on-policy+verifier": (SELF, {"terms": {"on_policy": 1.0, "verifier": 1.0}}),
 }
-ROWS = ["frozen", "frozen+header", "tune-rationales", *RL_ROWS]
+ROWS = ["frozen", "frozen+header", "tune-rationales", "match-rationales", "grpo-verifier", "on-policy-self",
+        "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
@@ -66,7 +71,7 @@ def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
 def rl_variant(base: RLConfig, row: str, seed: int, steps: int, out: Path) -> RLConfig:
     guide, reward = RL_ROWS[row]
     d = base.model_dump(mode="json")
-    cot = {**d["guide"]["cot"], **guide.get("cot", {})}
+    cot = {**d["guide"]["cot"], "verify": False, **guide.get("cot", {})}   # the filter only where the row says
     d["guide"] = {**{k: v for k, v in guide.items() if k != "cot"}, "cot": cot}
     d["reward"] = {**{k: v for k, v in d["reward"].items() if k not in ("kind", "terms")}, **reward}
     d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
@@ -103,7 +108,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/out/rl_vs_imitation.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="override the base config, e.g. optim.lr=1.0")
+    ap.add_argument("--eval-batch", type=int, default=256, help="held-out problems per generation batch")
+    ap.add_argument("--resume", action="store_true", help="skip the (row, seed) runs already in --out")
+    ap.add_argument("--table", default=None, help="only print the table of a results file written before")
     args = ap.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print(table(saved["rows"], saved["meta"]))
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     base = load_rl_config(args.config, args.set)
@@ -114,23 +126,29 @@ def main() -> None:
     fresh = fresh_examples(args.fresh_seed, args.fresh_size, train)
     budget = base.train.eval_max_new_tokens
     results: dict[str, list[dict]] = {}
-    for row in args.rows:
-        for seed in ([0] if row.startswith("frozen") else args.seeds):   # the frozen rows are deterministic
-            state_file, wall, g_tokens = None, 0.0, 0
-            if not row.startswith("frozen"):
-                state_file, wall, g_tokens = run_row(row, base, seed, steps, Path(args.out_dir) / f"{row}-{seed}")
-            tunable = load_tunable(state_file, model.config) if state_file else None
-            exs = fresh if row != "frozen+header" else [Example(mode_header("reason") + e.prompt, e.target, e.answer)
-                                                        for e in fresh]
-            h = held_out(model, tok, exs, tunable, "sentence", budget, 64)
-            rec = {"seed": seed, "accuracy": h.accuracy, "tokens_per_answer": h.mean_tokens, "guide_tokens": g_tokens,
-                   "wall_s": round(wall, 1)}
-            results.setdefault(row, []).append(rec)
-            print(json.dumps({"row": row, **rec}), flush=True)
+    if args.resume and Path(args.out).exists():     # keep the (row, seed) records of an earlier, cut-off run
+        results = json.loads(Path(args.out).read_text())["rows"]
     meta = {"config": args.config, "steps": steps, "seeds": args.seeds, "fresh_seed": args.fresh_seed,
             "fresh_size": len(fresh), "sets": args.set, "command": " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+    # seed-major: every row once before any row twice (a cut-off run still covers every row)
+    plan = [(row, seed) for seed in args.seeds for row in args.rows
+            if not (row.startswith("frozen") and seed != args.seeds[0])]   # the frozen rows are deterministic
+    for row, seed in plan:
+        if any(r["seed"] == seed for r in results.get(row, [])):
+            continue
+        state_file, wall, g_tokens = None, 0.0, 0
+        if not row.startswith("frozen"):
+            state_file, wall, g_tokens = run_row(row, base, seed, steps, Path(args.out_dir) / f"{row}-{seed}")
+        tunable = load_tunable(state_file, model.config) if state_file else None
+        exs = fresh if row != "frozen+header" else [Example(mode_header("reason") + e.prompt, e.target, e.answer)
+                                                    for e in fresh]
+        h = held_out(model, tok, exs, tunable, "sentence", budget, args.eval_batch)
+        rec = {"seed": seed, "accuracy": h.accuracy, "tokens_per_answer": h.mean_tokens, "guide_tokens": g_tokens,
+               "wall_s": round(wall, 1)}
+        results.setdefault(row, []).append(rec)
+        print(json.dumps({"row": row, **rec}), flush=True)
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))   # as runs finish
     print(table(results, meta))
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from char_guide import CharGuide, text_logprob
 
@@ -36,11 +37,12 @@ def test_one_score_call_each_answer_after_its_own_prompt():
     assert conts == [t[1:] for t in texts[:3]]                    # the join " " removed, as the guide wrote its CoT
     for r, t in enumerate(texts[:3]):
         n = len(decoded[r][1])
-        assert float(lp[r, :n].sum()) == __import__("pytest").approx(text_logprob(t[1:]), abs=1e-4)
+        assert float(lp[r, :n].sum()) == pytest.approx(text_logprob(t[1:]), abs=1e-4)
         assert bool(judged[r, :n].all()) and not bool(judged[r, n:].any())   # first token " 1" ends past the join
     assert torch.equal(lp[3, :1], torch.tensor([-20.0])) and bool(judged[3, 0])   # empty answer: the floor
 
 
+@pytest.mark.slow   # ~60 s of CPU: samples whole answers every step
 def test_on_policy_self_guidance_raises_heldout_accuracy(tmp_path):
     cfg = RLConfig.model_validate({
         "model": {"path": "embedded"},

@@ -51,7 +51,6 @@ from rl_statetune.rl.verifier import make_check
 from rl_statetune.run.setup import AllReduce, diverged, guarded_step, lr_at, make_optimizer, set_lr, state_norms
 from rl_statetune.state import TimeState
 
-GUIDE_SCORED_REWARDS = ("guide_logprob", "reverse_kl", "multistep")
 # per-step counts of the reward's guide work (summed over learners): calls, queries and guide tokens of the reward's
 # score calls; actions resolved from the guide's own token, from its top-k, by an exact query; CoT tokens scored
 REWARD_COUNTS = ("reward_guide_calls", "reward_guide_queries", "reward_guide_tokens", "reward_actions_own",

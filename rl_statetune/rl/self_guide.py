@@ -30,7 +30,8 @@ class SelfGuide(Guide):
 
     def __init__(self, model: RWKV7, tokenizer, header: str = "Mode: reason\n", stop: Sequence[str] = ("\n",),
                  batch_size: int = 64):
-        self.model, self.tok, self.header, self.stop, self.batch_size = model, tokenizer, header, tuple(stop), batch_size
+        self.model, self.tok, self.header = model, tokenizer, header
+        self.stop, self.batch_size = tuple(stop), batch_size
         self.device = model.emb.weight.device
 
     def generate(self, prompts: Sequence[str], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
