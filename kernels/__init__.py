@@ -8,25 +8,23 @@
 On CPU the Triton kernels run only under ``TRITON_INTERPRET=1`` set before triton is first imported (tests).
 """
 
+import importlib.machinery
+import importlib.util
+import os
+import sys
 
+_real_spec = None
 if __name__ == "kernels":
     # Imported by the folder's bare name: from the repository root (``python -m pytest``, ``python -c``) this folder
     # sits on sys.path ahead of site-packages and would hide Hugging Face's ``kernels`` package, which transformers
-    # (>= 5.25 requires it) imports. Hand the name over to the installed package, found without this folder.
-    import importlib.machinery
-    import importlib.util
-    import os
-    import sys
-
+    # (>= 5.25 requires it) imports. Hand the name over to the installed package where there is one.
     _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    _spec = importlib.machinery.PathFinder.find_spec(
+    _real_spec = importlib.machinery.PathFinder.find_spec(
         "kernels", [p for p in sys.path if os.path.abspath(p or os.curdir) != _root])
-    if _spec is None:
-        raise ModuleNotFoundError("No module named 'kernels' (this repository's kernels/ folder is imported as "
-                                  "rl_statetune_kernels)", name="kernels")
-    _real = importlib.util.module_from_spec(_spec)
+if _real_spec is not None:
+    _real = importlib.util.module_from_spec(_real_spec)
     sys.modules["kernels"] = _real
-    _spec.loader.exec_module(_real)
+    _real_spec.loader.exec_module(_real)
 else:
     from .autograd import wkv7_triton
     from .fla_backend import wkv7_fla

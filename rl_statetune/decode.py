@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from rl_statetune.model import DECAY_SCALE, LN_X_EPS, RWKV7, RecurrentState
+from rl_statetune.wkv import DECAY_SCALE
+
+# no import of rl_statetune.model: it imports this module for RWKV7.decode (the model and state come as arguments)
 
 
 def _mv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -27,12 +30,12 @@ def _mv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x.to(weight.dtype), weight).float()
 
 
-def _weights_key(model: RWKV7) -> tuple:
+def _weights_key(model: nn.Module) -> tuple:
     return (model.emb.weight.data_ptr(), model.emb.weight.dtype, model.emb.weight.device,
             sum(p._version for p in model.parameters()), model.decode_dtype)
 
 
-def _matrices(model: RWKV7) -> list[dict]:
+def _matrices(model: nn.Module) -> list[dict]:
     """Per layer the big matrices of the step, [out, in]: the model's own weights, or copies in
     ``model.decode_dtype`` (made once, e.g. float16 copies of a bfloat16 model for the CPU's fast float16 gemv)."""
     names = {"r": "att.receptance", "k": "att.key", "v": "att.value", "o": "att.output", "fk": "ffn.key",
@@ -51,7 +54,7 @@ def _matrices(model: RWKV7) -> list[dict]:
     return out
 
 
-def _layer_constants(model: RWKV7) -> list[dict]:
+def _layer_constants(model: nn.Module) -> list[dict]:
     """Per layer: the float32 vectors of the one-token step (the six mixes stacked) and LoRA matrices, built once
     per weights. The LoRAs are small (21 MB in float32 at the 0.1B shape); half-precision ones stored [in, out]
     run a slow matmul on CPUs (float16 x @ W is ~20x slower than F.linear's layout), so they are kept in float32."""
@@ -79,8 +82,8 @@ def _layer_constants(model: RWKV7) -> list[dict]:
     return out
 
 
-def decode_step(model: RWKV7, tokens: torch.Tensor, state: RecurrentState | None = None
-                ) -> tuple[torch.Tensor, RecurrentState]:
+def decode_step(model: nn.Module, tokens: torch.Tensor, state=None
+                ) -> tuple[torch.Tensor, object]:
     """tokens [B] -> (logits [B, V] float32, the state after them). Falls back to ``forward`` where the fast
     step does not apply: an upscaled state, gradients, or a GPU (whose Triton decode kernel ``forward`` uses)."""
     if tokens.dim() != 1:
@@ -98,7 +101,7 @@ def decode_step(model: RWKV7, tokens: torch.Tensor, state: RecurrentState | None
     cfg = model.config
     C, H, N, L = cfg.n_embd, cfg.n_head, cfg.head_size, cfg.n_layer
     consts, mats = _layer_constants(model), _matrices(model)
-    new = RecurrentState(torch.empty_like(state.att_x), torch.empty(state.wkv.shape, dtype=torch.float32),
+    new = type(state)(torch.empty_like(state.att_x), torch.empty(state.wkv.shape, dtype=torch.float32),
                          torch.empty_like(state.ffn_x))
     x = model.emb.weight[tokens].float()
     v_first = None
@@ -132,7 +135,7 @@ def decode_step(model: RWKV7, tokens: torch.Tensor, state: RecurrentState | None
         S_new.baddbmm_(left, right)
         y = torch.bmm(S_new, r.view(B * H, N, 1)).view(B, C)
 
-        y = F.group_norm(y, H, *c["ln_x"], eps=LN_X_EPS)
+        y = F.group_norm(y, H, *c["ln_x"], eps=att.ln_x.eps)
         y = y + ((r * k).view(B, H, N) * c["r_k"]).sum(-1, keepdim=True).mul(v.view(B, H, N)).view(B, C)
         x = x + _mv(y * g, W["o"])
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl_statetune.wkv import wkv7
+from rl_statetune.decode import decode_step
+from rl_statetune.wkv import DECAY_SCALE, wkv7
 
-DECAY_SCALE = 0.606531  # exp(-0.5), as written in the reference implementation
 LN_X_EPS = 64e-5
 
 
@@ -205,8 +205,6 @@ class RWKV7(nn.Module):
     def decode(self, tokens: torch.Tensor, state: RecurrentState | None = None):
         """One token per row: tokens [B] -> (logits [B, V] float32, new state); the fast one-token step of
         ``rl_statetune.decode`` (the same numbers as ``forward`` on one token)."""
-        from rl_statetune.decode import decode_step
-
         return decode_step(self, tokens, state)
 
     def hidden(self, idx: torch.Tensor | None, state: RecurrentState | None = None,

@@ -29,6 +29,7 @@ import math
 
 import torch
 
+DECAY_SCALE = 0.606531  # w = exp(-DECAY_SCALE * sigmoid(w_raw)); exp(-0.5), as written in the reference
 DEFAULT_CHUNK = 32  # the torch chunked path (CPU); the Triton kernels have their own, kernels.plan.DEFAULT_CHUNK = 16,
 #                    tuned to their register budget on sm_90 (docs/kernels.md)
 SHORT_SEQUENCE = 4  # up to this many tokens the plain loop beats padding a chunk

@@ -85,6 +85,7 @@ def test_trust_remote_code_in_a_process_that_never_imported_the_package(tiny_wor
         ref = model(IDX).logits[0, -1]
     code = f"""
 import os, sys, torch
+torch.set_num_threads({torch.get_num_threads()})   # the same matmul blocking as the reference: equal bits
 os.environ["HF_HUB_OFFLINE"] = "1"
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 folder = {str(tmp_path / "m")!r}
