@@ -18,7 +18,8 @@ from char_guide import CharGuide, text_logprob
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotItem
 from rl_statetune.rl.driver import run_rl
-from rl_statetune.rl.outcome import decode_with_spans, guide_token_logprobs
+from rl_statetune.rl.align import decode_with_spans
+from rl_statetune.rl.outcome import guide_token_logprobs
 from rl_statetune.tokenizer import WorldTokenizer
 
 
@@ -42,7 +43,6 @@ def test_one_score_call_each_answer_after_its_own_prompt():
     assert torch.equal(lp[3, :1], torch.tensor([-20.0])) and bool(judged[3, 0])   # empty answer: the floor
 
 
-@pytest.mark.slow   # ~60 s of CPU: samples whole answers every step
 def test_on_policy_self_guidance_raises_heldout_accuracy(tmp_path):
     cfg = RLConfig.model_validate({
         "model": {"path": "embedded"},

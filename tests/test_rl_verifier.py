@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from rl_statetune.config import DataConfig
@@ -39,7 +38,6 @@ def test_verifier_rewards_pair_each_answer_with_its_prompt():
     assert torch.equal(r, torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 3))
 
 
-@pytest.mark.slow   # ~60 s of CPU: samples whole answers every step
 def test_grpo_with_the_verifier_alone_raises_heldout_accuracy(tmp_path):
     cfg = RLConfig.model_validate({
         "model": {"path": "embedded"},

@@ -22,15 +22,27 @@ from dataclasses import dataclass
 from rl_statetune_guides import Guide, ScoredText
 
 
+def decode_with_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """The text of RWKV token ids and each token's character span in it: a token holding only part of a multi-byte
+    character has an empty span (the token that completes the character owns it), invalid bytes decode to U+FFFD,
+    an id with no bytes (the head's padding rows) to nothing."""
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    parts, spans, pos = [], [], 0
+    for i in ids:
+        try:
+            b = tokenizer.token_bytes(int(i))
+        except (KeyError, IndexError):
+            b = b""
+        s = dec.decode(b)
+        parts.append(s)
+        spans.append((pos, pos + len(s)))
+        pos += len(s)
+    return "".join(parts), spans
+
+
 def char_spans(tokenizer, ids: Sequence[int]) -> list[tuple[int, int]]:
     """Character span of each RWKV token of a text that was encoded from a ``str`` (valid UTF-8)."""
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    spans, pos = [], 0
-    for i in ids:
-        n = len(dec.decode(tokenizer.token_bytes(int(i))))
-        spans.append((pos, pos + n))
-        pos += n
-    return spans
+    return decode_with_spans(tokenizer, ids)[1]
 
 
 def attribute(scored: ScoredText, spans: Sequence[tuple[int, int]], shift: int = 0) -> tuple[list[float], list[bool]]:

@@ -24,13 +24,8 @@ from rl_statetune.lm import NonFiniteLogits, check_finite, pad_right
 from rl_statetune.model import RWKV7
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotBatch, CotItem, collate_cots
-from rl_statetune.rl.outcome import (
-    combine,
-    decode_with_spans,
-    guide_token_logprobs,
-    token_mean_loss,
-    verifier_rewards,
-)
+from rl_statetune.rl.align import decode_with_spans
+from rl_statetune.rl.outcome import combine, guide_token_logprobs, token_mean_loss, verifier_rewards
 from rl_statetune.rl.policy_gradient import EmaBaseline, advantages, l2_penalty, pg_loss
 from rl_statetune.rl.rewards import (
     guide_logprob_reward,

@@ -15,7 +15,6 @@ The per-token advantage is the weighted sum of the terms'; the loss is ``-sum_t 
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Sequence
 
 import torch
@@ -24,23 +23,6 @@ from rl_statetune_guides import Guide
 from rl_statetune.rl.align import TextQuery, attribute
 from rl_statetune.rl.cot import CotItem
 from rl_statetune.rl.verifier import Check
-
-
-def decode_with_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
-    """The text of token ids and each token's character span in it (a token holding part of a multi-byte
-    character has an empty span; invalid bytes decode to U+FFFD), as ``align.char_spans``."""
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    parts, spans, pos = [], [], 0
-    for i in ids:
-        try:
-            b = tokenizer.token_bytes(int(i))
-        except (KeyError, IndexError):      # an id with no bytes (the head's padding rows)
-            b = b""
-        s = dec.decode(b)
-        parts.append(s)
-        spans.append((pos, pos + len(s)))
-        pos += len(s)
-    return "".join(parts), spans
 
 
 def verifier_rewards(check: Check, items: Sequence[CotItem], texts: Sequence[str], G: int) -> torch.Tensor:

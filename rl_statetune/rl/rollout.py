@@ -15,21 +15,11 @@ from rl_statetune.model import RWKV7, RecurrentState
 InitState = Callable[[int], RecurrentState]
 
 
-@torch.no_grad()
 def sample_rollouts(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends: torch.Tensor, k: int,
                     temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[N, T] rows whose first ``ends[n]`` tokens are the prefix -> [N, k] sampled continuation tokens."""
-    N = idx.shape[0]
-    logits, state = model(idx, init_state(N), lengths=ends)
-    last = logits[torch.arange(N), ends - 1]
-    out = []
-    for i in range(k):
-        check_finite(last, "the learner's rollout logits")
-        nxt = sample(last, temperature, 1.0, generator)
-        out.append(nxt)
-        if i + 1 < k:
-            last, state = decode_one(model, nxt, state)
-    return torch.stack(out, dim=1)
+    """[N, T] rows whose first ``ends[n]`` tokens are the prefix -> [N, k] sampled continuation tokens (no stop)."""
+    no_stop = torch.zeros(model.head.weight.shape[0], dtype=torch.bool)
+    return sample_answers(model, init_state, idx, ends, k, temperature, no_stop, generator)[0]
 
 
 def rollout_mask(rollouts: torch.Tensor, eos_id: int = 0) -> torch.Tensor:
@@ -72,13 +62,13 @@ def sample_answers(model: RWKV7, init_state: InitState, idx: torch.Tensor, lengt
     stop_mask = stop_mask.to(idx.device)
     done = torch.zeros(N, dtype=torch.bool, device=idx.device)
     ids, masks = [], []
-    for _ in range(max_new_tokens):
-        check_finite(last, "the learner's answer logits")
+    for i in range(max_new_tokens):
+        check_finite(last, "the learner's sampling logits")
         nxt = sample(last, temperature, 1.0, generator)
         masks.append(~done)
         ids.append(torch.where(done, torch.zeros_like(nxt), nxt))
         done = done | stop_mask[nxt]
-        if bool(done.all()):
+        if bool(done.all()) or i + 1 == max_new_tokens:
             break
         last, state = decode_one(model, nxt, state)
     return torch.stack(ids, 1), torch.stack(masks, 1)

@@ -19,7 +19,7 @@ from rl_statetune_guides.base import check_generate_args, check_score_args, warn
 from rl_statetune.generation import generate
 from rl_statetune.lm import pad_right
 from rl_statetune.model import RWKV7
-from rl_statetune.rl.outcome import decode_with_spans
+from rl_statetune.rl.align import decode_with_spans
 
 
 class SelfGuide(Guide):
