@@ -1,13 +1,18 @@
 """What a state-tuning step costs at a real model shape: tokens/s and peak memory, float32 vs bfloat16 weights.
 
-A step is ``trainer.target_loss`` forward + backward to S0 (the tune step; an RL learner step is the same
-teacher-forced forward/backward over the guide's tokens plus its reward terms) on B x T random tokens with the loss
-on every position, random weights of the named shape. Each (shape, dtype) runs in its own process so that the peak
+Rows (``--rows``): ``tune`` is ``trainer.target_loss`` forward + backward to S0 on B x T random tokens with the
+loss on every position; ``rl`` is ``configs/rl_cpu_demo.yaml``'s ``Learner.train_step`` (match reward, G = 8,
+GRPO, upscaled state and DBP) on about B x T tokens of its task's problems with their rationales as the CoT;
+``rollout`` the same with ``reward.terms: {verifier: 1.0}``, G = 4 sampled answers of up to 48 tokens; ``eval``
+the held-out generation, greedy, ``--eval-tokens`` new tokens (no stop string) for ``--eval-n`` problems in one
+batch, its time per problem. Random weights of the named shape. Each (shape, dtype) runs in its own process so that the peak
 resident memory (VmHWM) is its own; "imports" is the process before the model, "+ model" what loading it (from a bfloat16 file) added, "peak" the maximum over the
 steps. On a machine shared with other jobs compare only rows of one run.
 
-    python benchmarks/step_cost.py                                   # 0.1B, B=2 T=256, float32 and bfloat16
-    python benchmarks/step_cost.py --shapes 0.1B 0.4B --T 512 --threads 2
+    python -P benchmarks/step_cost.py                   # 0.1B, tune / rl / eval, B=2 T=256, float32 and bfloat16
+    python -P benchmarks/step_cost.py --shapes 0.1B --rows tune rl rollout eval --threads 1 2   # docs/speed.md
+    python -P benchmarks/step_cost.py --shapes tiny --rows tune rl rollout eval --T 64 --steps 1 --eval-n 4 \
+        --eval-tokens 8                                 # a quick check of the script (~1 min)
 """
 
 from __future__ import annotations
