@@ -5,7 +5,7 @@ loss on every position; ``rl`` is ``configs/rl_cpu_demo.yaml``'s ``Learner.train
 GRPO, upscaled state and DBP) on about B x T tokens of its task's problems with their rationales as the CoT;
 ``rollout`` the same with ``reward.terms: {verifier: 1.0}``, G = 4 sampled answers of up to 48 tokens; ``eval``
 the held-out generation, greedy, ``--eval-tokens`` new tokens (no stop string) for ``--eval-n`` problems in one
-batch, its time per problem. Random weights of the named shape. Each (shape, dtype) runs in its own process so that the peak
+batch, its time per problem. Random weights of the named shape. Each (shape, row, dtype, threads) runs in its own process so that the peak
 resident memory (VmHWM) is its own; "imports" is the process before the model, "+ model" what loading it (from a bfloat16 file) added, "peak" the maximum over the
 steps. On a machine shared with other jobs compare only rows of one run.
 
