@@ -227,6 +227,12 @@ def test_apply_chat_template_reaches_lm_eval_and_its_samples(tmp_path):
     assert prompt.startswith("User: Question: Which is a metal?") and prompt.endswith("\n\nAssistant:")
     (res,) = (out / "lm_eval" / "base").glob("results_*.json")
     assert "Assistant:" in json.loads(res.read_text())["chat_template"]
+    # --no-progress switched tqdm off for the run only: the rest of the process keeps its bars
+    from tqdm import tqdm
+
+    bar = tqdm(total=1)
+    assert not bar.disable and "TQDM_DISABLE" not in os.environ
+    bar.close()
 
 
 def test_what_the_rwkv_model_cannot_honour_is_refused_in_one_line():

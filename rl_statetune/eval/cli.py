@@ -16,6 +16,7 @@ lm-eval's own output (``DIR/lm_eval/<run>/results_<date>.json`` and ``samples_<t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -250,14 +251,17 @@ def lm_eval_tracker(out_dir: str | Path, run: str):
 
 
 def eval_main(args: argparse.Namespace) -> int:
+    with _no_progress_bars(args.no_progress):   # lm-eval's own bars (contexts, requests) have no switch of their own
+        return _eval(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
     import os
 
     from rl_statetune.eval.report import write_report
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.no_progress:
-        _no_progress_bars()   # lm-eval's own bars (building contexts, requests) have no switch of their own
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; name a folder (results.json, results.md, accuracy.png and "
@@ -300,15 +304,29 @@ def eval_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _no_progress_bars() -> None:
-    """Every tqdm bar of this process off (``TQDM_DISABLE=1`` does this for tqdm imported after it is set)."""
+@contextlib.contextmanager
+def _no_progress_bars(on: bool):
+    """While ``on``: every tqdm bar off (lm-eval's too; ``TQDM_DISABLE=1`` reaches only tqdm imported after it is
+    set), restored on the way out so the rest of the process keeps its bars."""
+    if not on:
+        yield
+        return
     import os
     from functools import partialmethod
 
     import tqdm.std
 
+    init, env = tqdm.std.tqdm.__init__, os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
-    tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)
+    tqdm.std.tqdm.__init__ = partialmethod(init, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = init
+        if env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = env
 
 
 def _quiet_git_hash() -> None:

@@ -152,7 +152,7 @@ def check_skipped(skipped: int, steps: int, cfg: RunConfig) -> None:
 
 @torch.no_grad()
 def check_tuned_output(model: RWKV7, tunable: TimeState, cfg: RunConfig, out: Path) -> None:
-    """A finite state can still be diverged (|S0| ~ 1e20): one token from it must give finite logits."""
+    """A finite state can still be diverged (|S0| ~ 1e20): two tokens from it must give finite logits."""
     idx = torch.zeros(1, 2, dtype=torch.long, device=model.emb.weight.device)
     logits, _ = model(idx, tunable.initial_state(model, 1))
     try:
