@@ -9,13 +9,20 @@ Rows (same base config, same step budget and batch size; only the reward / guide
 
 * ``frozen``: the frozen model, no header;  ``frozen+header``: the frozen model prompted with ``Mode: reason``;
 * ``tune-rationales``: supervised ``tune`` on the task's rationales (teacher forcing);
+* ``lora-matched`` / ``lora-usual``: PEFT LoRA on the same rationales with TRL's SFTTrainer (``hf.sft.sft_tune``,
+  lr 1e-2 -> 1e-4), at the state's trainable-parameter count (r 8 on the attention projections of
+  ``embedded:reason``) and at a usual rank (r 16 on every linear layer); scored with the adapter merged;
 * ``grpo-verifier``: GRPO on the learner's own answers, the task's verifier only, no guide;
 * ``match-rationales``: guided RL as before this script, token match on the rationales' CoTs;
 * ``match-self``: token match on the self-guide's CoTs (the frozen model with its header writes them, greedy);
 * ``rejection-self``: the same, guide CoTs with a wrong final answer dropped (``guide.cot.verify``);
 * ``on-policy-self``: the learner's own answers scored by the self-guide (per-token reverse KL);
 * ``on-policy+verifier``: the same plus the verifier term;
-* ``rejection-self+verifier``: rejection-filtered self-guide CoTs (match) plus the verifier (``rl_quick.yaml``).
+* ``rejection-self+verifier``: rejection-filtered self-guide CoTs (match) plus the verifier (``rl_quick.yaml``);
+* ``grpo+guide-self`` / ``grpo+guide-rationales``: GRPO with the verifier, the guide's CoT one more member of each
+  group (``reward.guide_in_group``; mixed-policy GRPO): no imitation term;
+* ``match-smollm2`` / ``grpo+guide-smollm2``: SmolLM2-135M-Instruct as the guide (``configs/guides/
+  smollm2_transformers.yaml``, in this process), with the old match reward and with the guide in the group.
 
 Held-out problems: ``--fresh-size`` problems from data seed ``--fresh-seed`` (never used in training: training
 uses ``data.seed``, the run's own held-out ``data.seed + 1``), prompted with no header, greedy to the end of the
@@ -49,6 +56,8 @@ from rl_statetune.upscale import load_tunable
 
 SELF = {"self_guide": {"header": "Mode: reason\n"}}
 RATIONALES = {"task_rationales": True}
+# a real instruction model, weak at the task (build: python scripts/make_smollm2_guide.py --out models/...)
+SMOLLM2 = {"config": "configs/guides/smollm2_transformers.yaml", "options": {"num_threads": 1}}
 RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward section)
     "grpo-verifier": ({}, {"terms": {"verifier": 1.0}}),
     "match-rationales": (RATIONALES, {"kind": "match"}),
@@ -57,9 +66,16 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "rejection-self+verifier": ({**SELF, "cot": {"verify": True}}, {"terms": {"match": 1.0, "verifier": 1.0}}),
     "on-policy-self": (SELF, {"terms": {"on_policy": 1.0}}),
     "on-policy+verifier": (SELF, {"terms": {"on_policy": 1.0, "verifier": 1.0}}),
+    "grpo+guide-self": (SELF, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
+    "grpo+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
+    "match-smollm2": (SMOLLM2, {"kind": "match"}),
+    "grpo+guide-smollm2": (SMOLLM2, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
 }
-ROWS = ["frozen", "frozen+header", "tune-rationales", "match-rationales", "grpo-verifier", "on-policy-self",
-        "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier"]
+LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/output: 6 x 4 x 2 x 128 x 8 = 49,152
+             "lora-usual": (16, "all")}        # numbers, the state's 6 x 2 x 64 x 64; "usual": r 16 on all linears
+ROWS = ["frozen", "frozen+header", "tune-rationales", "lora-matched", "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self",
+        "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier", "grpo+guide-self",
+        "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
@@ -73,7 +89,7 @@ def rl_variant(base: RLConfig, row: str, seed: int, steps: int, out: Path) -> RL
     d = base.model_dump(mode="json")
     cot = {**d["guide"]["cot"], "verify": False, **guide.get("cot", {})}   # the filter only where the row says
     d["guide"] = {**{k: v for k, v in guide.items() if k != "cot"}, "cot": cot}
-    d["reward"] = {**{k: v for k, v in d["reward"].items() if k not in ("kind", "terms")}, **reward}
+    d["reward"] = {**{k: v for k, v in d["reward"].items() if k not in ("kind", "terms", "guide_in_group")}, **reward}
     d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
     return RLConfig.model_validate(d)
 
@@ -91,6 +107,13 @@ def run_row(row: str, base: RLConfig, seed: int, steps: int, out: Path) -> tuple
         d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
         tune(TuneConfig.model_validate(d), progress=False, overwrite=True)
         return out / "state.safetensors", time.time() - t0, 0
+    if row in LORA_ROWS:
+        from rl_statetune.hf.sft import sft_tune
+        d = base.model_dump(mode="json", include={"model", "data", "optim", "train"})
+        d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
+        r, targets = LORA_ROWS[row]
+        sft_tune(TuneConfig.model_validate(d), out_dir=out, evaluate=False, lora={"r": r, "targets": targets})
+        return out, time.time() - t0, 0
     cfg = rl_variant(base, row, seed, steps, out)
     run_rl(cfg, progress=False, overwrite=True)
     return out / "state.safetensors", time.time() - t0, guide_tokens(out)
@@ -140,16 +163,29 @@ def main() -> None:
         state_file, wall, g_tokens = None, 0.0, 0
         if not row.startswith("frozen"):
             state_file, wall, g_tokens = run_row(row, base, seed, steps, Path(args.out_dir) / f"{row}-{seed}")
-        tunable = load_tunable(state_file, model.config) if state_file else None
+        scored_model, tunable = model, None
+        if row in LORA_ROWS:
+            scored_model = merged_lora(base.model.path, state_file)
+        elif state_file:
+            tunable = load_tunable(state_file, model.config)
         exs = fresh if row != "frozen+header" else [Example(mode_header("reason") + e.prompt, e.target, e.answer)
                                                     for e in fresh]
-        h = held_out(model, tok, exs, tunable, "sentence", budget, args.eval_batch)
+        h = held_out(scored_model, tok, exs, tunable, "sentence", budget, args.eval_batch)
         rec = {"seed": seed, "accuracy": h.accuracy, "tokens_per_answer": h.mean_tokens, "guide_tokens": g_tokens,
                "wall_s": round(wall, 1)}
         results.setdefault(row, []).append(rec)
         print(json.dumps({"row": row, **rec}), flush=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))   # as runs finish
     print(table(results, meta))
+
+
+def merged_lora(model_path: str, adapter_dir: Path):
+    """The frozen model with the PEFT adapter saved in ``adapter_dir`` merged into its weights (our RWKV7)."""
+    from peft import PeftModel
+
+    from rl_statetune.hf.modeling import RWKV7ForCausalLM
+    peft_model = PeftModel.from_pretrained(RWKV7ForCausalLM.from_pretrained(model_path), str(adapter_dir))
+    return peft_model.merge_and_unload().rwkv.eval()
 
 
 def mean_sd(xs: list[float], fmt: str) -> str:

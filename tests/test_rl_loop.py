@@ -73,6 +73,12 @@ def test_config_errors_are_clear(tmp_path):
     p.write_text(yaml.safe_dump({"guide": {"task_rationales": True}, "reward": {"kind": "nope"}}))
     with pytest.raises(ValueError, match="reward.kind"):
         load_rl_config(p)
+    p.write_text(yaml.safe_dump({"guide": {"task_rationales": True},                 # kind would be lost
+                                 "reward": {"kind": "reverse_kl", "terms": {"verifier": 1.0}}}))
+    with pytest.raises(ValueError, match="reward.kind .reverse_kl. and reward.terms are both set"):
+        load_rl_config(p)
+    cfg = load_rl_config(p, ["reward.kind=null"])          # a dumped config with terms loads again as it was
+    assert RLConfig.model_validate(cfg.model_dump(mode="json")) == cfg
 
 
 def test_cli_single_process(tiny_world_ckpt, tmp_path, capsys):

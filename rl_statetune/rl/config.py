@@ -97,7 +97,7 @@ class RewardConfig(Section):
     ``on_policy`` (per token ``log p_guide(a_t) - log p_learner(a_t)`` of the learner's own text, one guide score
     call per batch). The loss is the weighted sum of the terms' policy-gradient losses."""
 
-    kind: Literal["match", "guide_logprob", "reverse_kl", "multistep"] = "match"
+    kind: Literal["match", "guide_logprob", "reverse_kl", "multistep"] | None = None   # None: match (no terms)
     terms: dict[Literal["match", "guide_logprob", "reverse_kl", "multistep", "verifier", "on_policy"],
                 float] | None = None               # term -> weight (> 0); None: {kind: 1.0}
     max_new_tokens: int | None = Field(None, gt=0)   # rollout terms: answer length cap (None: eval_max_new_tokens)
@@ -114,22 +114,33 @@ class RewardConfig(Section):
     # there instead of costing a query (0 = off: every action other than the guide's own token is a query).
     # vLLM caps k at its max_logprobs (20 unless raised in engine_kwargs).
     guide_top_k: int = Field(20, ge=0)
+    # verifier term: the guide's CoT joins its prompt's G sampled answers as one more member of the GRPO group
+    # (mixed-policy GRPO, as in LUFFY). The verifier judges it like the learner's answers; its advantage is kept
+    # only where positive (a right CoT among wrong answers pulls, a wrong CoT never does) and it vanishes once
+    # the learner's own answers are as good as the guide's.
+    guide_in_group: bool = False
 
     @model_validator(mode="after")
     def _terms(self):
         if self.terms is not None:
             if not self.terms:
                 raise ValueError("reward.terms is empty; name at least one term, e.g. {verifier: 1.0}")
+            if self.kind is not None:
+                raise ValueError(f"reward.kind ({self.kind}) and reward.terms are both set; reward.terms replaces "
+                                 f"kind: write terms: {{{self.kind}: 1.0, ...}} and drop kind")
             if any(w <= 0 for w in self.terms.values()):
                 raise ValueError("reward.terms weights must be > 0 (leave a term out to turn it off)")
             cot = [t for t in self.terms if t in COT_TERMS]
             if len(cot) > 1:
                 raise ValueError(f"reward.terms holds {len(cot)} CoT terms {cot}; at most one of {list(COT_TERMS)}")
+        if self.guide_in_group and "verifier" not in self.weights:
+            raise ValueError("reward.guide_in_group puts the guide's CoT into the verifier's GRPO group; "
+                             "add the verifier term, e.g. terms: {verifier: 1.0}")
         return self
 
     @property
     def weights(self) -> dict[str, float]:
-        return dict(self.terms) if self.terms is not None else {self.kind: 1.0}
+        return dict(self.terms) if self.terms is not None else {self.kind or "match": 1.0}
 
     @property
     def cot_term(self) -> str | None:
@@ -184,13 +195,14 @@ class RLConfig(RunConfig):
     @model_validator(mode="after")
     def _guide_for_reward(self):
         r, g = self.reward, self.guide
-        if g.sources == 0 and (r.cot_term is not None or r.guide_scored or g.cot.verify):
-            what = r.cot_term or ("on_policy" if r.guide_scored else "guide.cot.verify")
+        if g.sources == 0 and (r.cot_term is not None or r.guide_scored or g.cot.verify or r.guide_in_group):
+            what = r.cot_term or ("on_policy" if r.guide_scored else
+                                  "reward.guide_in_group" if r.guide_in_group else "guide.cot.verify")
             raise ValueError(f"{what} needs a guide: set guide.config, guide.inline, guide.task_rationales or "
                              "guide.self_guide (only reward.terms: {verifier: w} runs without one)")
-        if g.cot.verify and r.cot_term is None:
+        if g.cot.verify and r.cot_term is None and not r.guide_in_group:
             raise ValueError("guide.cot.verify filters the guide's CoTs for a CoT term (match, guide_logprob, "
-                             "reverse_kl, multistep); reward.terms has none")
+                             "reverse_kl, multistep) or reward.guide_in_group; reward.terms has neither")
         return self
 
 

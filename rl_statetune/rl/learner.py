@@ -25,7 +25,14 @@ from rl_statetune.model import RWKV7
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotBatch, CotItem, collate_cots
 from rl_statetune.rl.align import decode_with_spans
-from rl_statetune.rl.outcome import combine, guide_token_logprobs, token_mean_loss, verifier_rewards
+from rl_statetune.rl.outcome import (
+    combine,
+    group_verifier_advantages,
+    guide_rows,
+    guide_token_logprobs,
+    token_mean_loss,
+    verifier_rewards,
+)
 from rl_statetune.rl.policy_gradient import EmaBaseline, advantages, l2_penalty, pg_loss
 from rl_statetune.rl.rewards import (
     guide_logprob_reward,
@@ -35,6 +42,7 @@ from rl_statetune.rl.rewards import (
     reverse_kl_reward,
 )
 from rl_statetune.rl.rollout import (
+    append_rows,
     sample_answers,
     sample_rollouts,
     sequence_logprobs,
@@ -216,20 +224,33 @@ class Learner:
         idx, lengths, ids, mask = self.sample_answers(items)
         decoded = [decode_with_spans(self.tok, row[m].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
         texts = [t for t, _ in decoded]
-        lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature)   # [N*G, K], grad
+        n_own = ids.shape[0]
+        if rc.guide_in_group:       # the guide's CoTs as rows N * G + n, after the same prompts
+            g_ids, g_texts = guide_rows(items, self.tok)
+            idx, lengths = torch.cat([idx, idx[::G]]), torch.cat([lengths, lengths[::G]])
+            ids, mask = append_rows(ids, mask, g_ids)
+        lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature)   # [rows, K], grad
         m = mask.cpu()
         metrics: dict = {"rollout_tokens": int(m.sum()) + int(lengths.sum()),
-                         "answer_tokens": float(m.sum(1).float().mean())}
+                         "answer_tokens": float(m[:n_own].sum(1).float().mean())}
         v_adv = r_tok = None
         if "verifier" in terms:
             v = verifier_rewards(self.check, items, texts, G)
-            v_adv = advantages(v, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
             metrics["verifier_reward"] = float(v.mean())
-        if "on_policy" in terms:
+            if rc.guide_in_group:
+                v_guide = torch.tensor([float(self.check(t, it.answer)) for t, it in zip(g_texts, items)])
+                v_adv = group_verifier_advantages(v, v_guide, torch.tensor([it.accepted for it in items]),
+                                                  pc.advantage, pc.normalize_std, self.baseline)
+                metrics.update(guide_group_right=float(v_guide.mean()),
+                               guide_group_adv=float(v_adv[n_own:].mean()))
+            else:
+                v_adv = advantages(v, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
+        if "on_policy" in terms:    # the learner's own answers only (the guide's rows get no token reward)
             g, judged = guide_token_logprobs(self.guide, items, texts, [s for _, s in decoded], G, ids.shape[1],
                                              rc.floor_logprob)
-            r_tok = (g - lp.detach().cpu()) * judged * m
-            metrics["on_policy_reward"] = float(r_tok.sum() / m.sum().clamp_min(1))
+            r_tok = torch.zeros(m.shape)
+            r_tok[:n_own] = (g - lp[:n_own].detach().cpu()) * judged * m[:n_own]
+            metrics["on_policy_reward"] = float(r_tok.sum() / m[:n_own].sum().clamp_min(1))
         adv = combine(terms, m, v_adv, r_tok).to(lp.device)
         return token_mean_loss(lp, adv, mask), metrics
 

@@ -11,6 +11,10 @@ The learner samples ``G`` whole answers per task prompt from its tuned state (``
   on-policy distillation as in GKD: no discount, no baseline; ``E[r_t] = -KL(pi || p_guide)`` at that context).
 
 The per-token advantage is the weighted sum of the terms'; the loss is ``-sum_t A_t log pi(a_t) / #tokens``.
+
+With ``reward.guide_in_group`` the guide's CoT joins its prompt's group as member ``G`` (mixed-policy GRPO, as in
+LUFFY): rows ``N * G + n`` hold the guide's CoT tokens, teacher-forced like the learner's answers; the verifier
+judges it, the group's mean and spread include it, and its own advantage is kept only where positive.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from rl_statetune_guides import Guide
 
 from rl_statetune.rl.align import TextQuery, attribute
 from rl_statetune.rl.cot import CotItem
+from rl_statetune.rl.policy_gradient import EmaBaseline, advantages
 from rl_statetune.rl.verifier import Check
 
 
@@ -31,6 +36,27 @@ def verifier_rewards(check: Check, items: Sequence[CotItem], texts: Sequence[str
         raise ValueError(f"{len(texts)} answers for {len(items)} prompts x {G} samples")
     return torch.tensor([[float(check(texts[n * G + g], it.answer)) for g in range(G)]
                          for n, it in enumerate(items)])
+
+
+def guide_rows(items: Sequence[CotItem], tokenizer) -> tuple[list[list[int]], list[str]]:
+    """The guide's CoT of each item as an answer after its prompt: RWKV token ids (``join + text + suffix``,
+    encoded apart from the prompt as the learner's answers are) and the text the verifier judges."""
+    return [tokenizer.encode(it.cot) for it in items], [it.cot for it in items]
+
+
+def group_verifier_advantages(v_learner: torch.Tensor, v_guide: torch.Tensor, guide_valid: torch.Tensor,
+                              mode: str = "group", normalize_std: bool = True,
+                              baseline: EmaBaseline | None = None) -> torch.Tensor:
+    """[N * G + N] verifier advantages of the learner's answers (rows ``n * G + g``) then the guide's CoTs
+    (rows ``N * G + n``), over groups of ``G + 1``: ``v_learner`` [N, G] and ``v_guide`` [N] are 1 / 0 verdicts;
+    a guide CoT with ``guide_valid`` False (rejected by ``guide.cot.verify``) is left out of its group. The guide's
+    advantage is clipped at zero: a right CoT among wrong answers pulls the state toward it, a wrong one never
+    pushes (the learner's wrong answers are pushed down by their own advantages)."""
+    N, G = v_learner.shape
+    r = torch.cat([v_learner, v_guide.reshape(N, 1)], 1)
+    valid = torch.cat([torch.ones(N, G, dtype=torch.bool), guide_valid.reshape(N, 1).bool()], 1)
+    adv = advantages(r, valid, mode=mode, normalize_std=normalize_std, baseline=baseline)
+    return torch.cat([adv[:, :G].reshape(-1), adv[:, G].clamp_min(0)])
 
 
 def guide_token_logprobs(guide: Guide, items: Sequence[CotItem], texts: Sequence[str],

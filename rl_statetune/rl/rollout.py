@@ -90,3 +90,16 @@ def token_logprobs(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends:
     h = hidden[torch.arange(N, device=idx.device)[:, None], pos]               # [N, k, C]
     logp = torch.log_softmax(model.head(h).float() / temperature, dim=-1)
     return logp.gather(-1, rollouts[..., None])[..., 0]
+
+
+def append_rows(ids: torch.Tensor, mask: torch.Tensor, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answers ``ids`` / ``mask`` [N, K] with token lists ``rows`` appended below them, both padded to the longer
+    width (0 ids, False mask after each answer's end)."""
+    K = max([ids.shape[1]] + [len(r) for r in rows])
+    out = torch.zeros(ids.shape[0] + len(rows), K, dtype=ids.dtype, device=ids.device)
+    out_mask = torch.zeros(out.shape, dtype=torch.bool, device=ids.device)
+    out[: ids.shape[0], : ids.shape[1]], out_mask[: ids.shape[0], : ids.shape[1]] = ids, mask
+    for i, r in enumerate(rows):
+        out[ids.shape[0] + i, : len(r)] = torch.tensor(r, dtype=ids.dtype)
+        out_mask[ids.shape[0] + i, : len(r)] = True
+    return out, out_mask

@@ -103,10 +103,10 @@ class CotSource:
 
 
 def make_source(cfg: RLConfig, guide: Guide | None, examples: list[Example], tokenizer) -> CotSource:
-    """The run's CoT source: the guide writes CoTs only when a CoT term needs them (scored with top-k for the
-    guide-scored CoT terms), filtered by the verifier with ``guide.cot.verify``."""
+    """The run's CoT source: the guide writes CoTs only when a CoT term or ``reward.guide_in_group`` needs them
+    (scored with top-k for the guide-scored CoT terms), filtered by the verifier with ``guide.cot.verify``."""
     r = cfg.reward
-    writer = guide if r.cot_term is not None else None
+    writer = guide if r.cot_term is not None or r.guide_in_group else None
     return CotSource(writer, examples, cfg.guide.cot, cfg.train.batch_size, cfg.train.seed, tokenizer,
                      score=r.cot_term in NEEDS_COT_SCORES, top_k=r.guide_top_k,
                      verify=make_check(cfg.data) if cfg.guide.cot.verify else None)
