@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -168,12 +169,6 @@ class LocalCluster:
         _kill({raylet})
         _kill(others)
 
-    def wait_dead(self, node_id: str, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while node_id in self.alive_nodes():
-            assert time.time() < deadline, f"node {node_id} still alive after {timeout} s"
-            time.sleep(1)
-
     def own_pids(self) -> set[int]:
         marks = (self.temp_dir, f"--port={self.client_port} ")
         return _with_descendants({pid for pid, c in _cmdlines().items() if any(m in c for m in marks)})
@@ -183,8 +178,9 @@ class LocalCluster:
         for _ in range(3):
             pids = self.own_pids() - {os.getpid()}
             if not pids:
-                return
+                break
             _kill(pids)
             time.sleep(0.5)
         left = self.own_pids() - {os.getpid()}
         assert not left, f"Ray processes of {self.temp_dir} left: {sorted(left)}"
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

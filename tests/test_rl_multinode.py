@@ -1,7 +1,8 @@
 """A Ray cluster of two nodes on this machine, through ``ray job submit`` (issue 23.2).
 
-The head offers ``{"guide_node": 1}``, the second node ``{"learner_node": 2}``; the run asks for them by config
-(``guide.resources.resources``, ``distributed.learner_resources``). Checked: the guide actor ran on the head and
+The head offers ``{"guide_node": 1}`` and 3 CPUs, the second node ``{"learner_node": 2}`` and 2 CPUs; the run asks
+for them by config (``guide.resources.resources``, ``distributed.learner_resources``). The head could host the
+whole run (3 bundles of 1 CPU), and Ray's ``PACK`` would put it there: only the config sends the learners away. Checked: the guide actor ran on the head and
 both learners on the second node (node ids from the run's result against Ray's own ``ray list nodes``); the
 artefact equals the one-node run's of the same config; killing the second node (its raylet, and its workers with
 it) mid-run ends the job in one line naming ``--resume``, and ``--resume`` once a node is back gives the
@@ -12,6 +13,7 @@ end, pass or fail (never ``ray stop``: it would end every Ray on the machine).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -54,18 +56,20 @@ def test_guide_and_learners_on_their_nodes_by_config_and_resume_after_the_learne
     monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
     if ray.is_initialized():
         ray.shutdown()
+    temp_dir = tempfile.mkdtemp(prefix="rlray1-", dir="/tmp")
     ray.init(address="local", num_cpus=3, resources={**GUIDE_NODE, **LEARNER_NODE}, include_dashboard=False,
-             log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="rlray1-", dir="/tmp"))
+             log_to_driver=False, _temp_dir=temp_dir)
     try:
         one = run_rl(placed_cfg(tiny_world_ckpt, tmp_path / "one"), ray=True, progress=False)
     finally:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert len(set(one.nodes.values())) == 1 and len(one.nodes) == 3
     t_one = time.time() - t0
 
     cluster = LocalCluster()
     try:
-        head = cluster.start_head(1, GUIDE_NODE)
+        head = cluster.start_head(3, GUIDE_NODE)
         learner_node = cluster.add_node(2, LEARNER_NODE)
         t_cluster = time.time() - t0
 
