@@ -128,3 +128,30 @@ def test_guide_and_learners_on_their_nodes_by_config_and_resume_after_the_learne
     print(f"\nwall time: one-node run {t_one:.0f} s, cluster up {t_cluster - t_one:.0f} s, two-node run "
           f"{t_two - t_cluster:.0f} s, killed run {t_killed - t_two:.0f} s, resumed {time.time() - t0 - t_killed:.0f} s, "
           f"{time.time() - t0:.0f} s in all")
+
+
+def test_placement_fields_are_strict_and_reach_the_bundles(tmp_path):
+    """Per-role custom resources go into the bundles (the RL config's over the guide config's); Ray's own
+    resource names, amounts <= 0 and misspelt keys are refused; a resource no node offers is named up front."""
+    from rl_statetune.rl.config import RLConfig
+    from rl_statetune.rl.guides import resolve_guide_config
+    from rl_statetune.rl.ray_executor import ResourceError, plan_bundles, preflight
+
+    inline = {"backend": "dataset", "resources": {"num_cpus": 2, "resources": {"big_disk": 1}},
+              "options": {"path": str(tmp_path / "x.jsonl")}}
+    cfg = cfg_for("embedded", tmp_path, guide={"task_rationales": False, "inline": inline},
+                  distributed={"learner_resources": {"learner_node": 0.5}})
+    g, lrn = plan_bundles(cfg, resolve_guide_config(cfg.guide, cfg.data, tmp_path))
+    assert g == [{"CPU": 2, "big_disk": 1}] and lrn == [{"CPU": 1, "learner_node": 0.5}] * 2
+    cfg = cfg_for("embedded", tmp_path, guide={"task_rationales": False, "inline": inline,
+                                               "resources": {"resources": {"guide_node": 1}}})
+    g, _ = plan_bundles(cfg, resolve_guide_config(cfg.guide, cfg.data, tmp_path))
+    assert g == [{"CPU": 2, "guide_node": 1}]
+    for bad, msg in (({"distributed": {"learner_resources": {"CPU": 1}}}, "not custom resources; use num_cpus"),
+                     ({"guide": {"resources": {"resources": {"g": 0}}}}, "must be > 0"),
+                     ({"distributed": {"learner_resource": {"g": 1}}}, "Extra inputs")):
+        with pytest.raises(ValueError, match=msg):
+            RLConfig.model_validate({**bad, "guide": {"task_rationales": True, **bad.get("guide", {})}})
+    with pytest.raises(ResourceError, match=r"needs 2 learner_node \(cluster has 0\).*ray start --resources "
+                                            r"'\{\"learner_node\": N\}'"):
+        preflight([{"CPU": 1, "learner_node": 1}] * 2, {"CPU": 8})
