@@ -97,14 +97,18 @@ class LocalCluster:
         self.gcs_port, self.dashboard_port, self.client_port = free_ports(3)
         self.nodes: list[Node] = []
 
-    def ray(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    def ray(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """The ``ray`` CLI of this Python (its raylets then start workers with this Python too)."""
-        return subprocess.run([self.python, "-m", "ray.scripts.scripts", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, check=check)
+        done = subprocess.run([self.python, "-m", "ray.scripts.scripts", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        assert done.returncode == 0, f"ray {' '.join(args)}: exit {done.returncode}\n{done.stdout[-2000:]}" \
+                                     f"{done.stderr[-3000:]}"
+        return done
 
     def _node_args(self, num_cpus: int, resources: dict[str, float]) -> tuple[Node, list[str]]:
         nm, om, agent, agent_grpc, metrics, rt_env = free_ports(6)
-        base = 20000 + (nm % 400) * 100          # a worker-port range of its own
+        # a worker-port range of its own, below the ephemeral ports that free_ports hands out (32768 and up)
+        base = 20000 + (nm % 120) * 100
         node = Node(len(self.nodes), nm, resources)
         return node, ["--temp-dir", self.temp_dir, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
                       "--node-manager-port", str(nm), "--object-manager-port", str(om),
