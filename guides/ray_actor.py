@@ -5,8 +5,7 @@
     cots = guide.generate(prompts, max_tokens=512)
 
 The actor asks Ray for ``resources.num_cpus`` / ``resources.num_gpus`` / custom ``resources.resources`` from the
-config. ray is optional
-and imported only here, when an actor is spawned or a remote guide is used.
+config. ray is optional and imported only here, when an actor is spawned or a remote guide is used.
 """
 
 from __future__ import annotations

@@ -217,8 +217,8 @@ class RayExecutor:
             cause = getattr(e, "cause", None)
             if isinstance(cause, ValueError):     # bad input or a diverged run, raised inside a learner
                 raise cause from None
-            why = "; the others' all-reduce breaks with it" if who.startswith("learner") and len(self.learners) > 1 \
-                else ""
+            many = len(getattr(self, "learners", [])) > 1     # (none yet when starting fails)
+            why = "; the others' all-reduce breaks with it" if who.startswith("learner") and many else ""
             raise WorkerDied(f"{who} failed {during} ({own_error(e)}){why}; {self._after_failure()}") from e
 
     def step(self, step: int, total_steps: int) -> dict:
