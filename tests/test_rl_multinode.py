@@ -158,3 +158,40 @@ def test_placement_fields_are_strict_and_reach_the_bundles(tmp_path):
     with pytest.raises(ResourceError, match=r"needs 2 learner_node \(cluster has 0\).*ray start --resources "
                                             r"'\{\"learner_node\": N\}'"):
         preflight([{"CPU": 1, "learner_node": 1}] * 2, {"CPU": 8})
+
+
+class _Stub:
+    """An actor handle whose every method call returns a (dead) object ref."""
+
+    def __getattr__(self, name):
+        return self
+
+    def remote(self, *args, **kwargs):
+        return None
+
+
+class _DeadRay:
+    """``ray`` as the driver sees it once the node under the actors is gone."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def get(self, *args, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize("call", ["stats", "checkpoint", "nodes", "final", "start"])
+def test_a_node_dying_outside_a_step_also_ends_in_one_line_naming_resume(tmp_path, call):
+    """The node may die while the driver asks for the guide's stats, a checkpoint, the actors' nodes or the final
+    state, not only during a step: each is the same one line (WorkerDied, which the CLI prints), not a traceback."""
+    from ray.exceptions import ActorDiedError
+
+    from rl_statetune.rl.ray_executor import RayExecutor, WorkerDied
+
+    ex = RayExecutor.__new__(RayExecutor)
+    ex.out, ex.ray = tmp_path, _DeadRay(ActorDiedError())
+    ex.producer, ex.guides, ex.learners, ex.queues, ex.produced = _Stub(), [_Stub()], [_Stub(), _Stub()], [], None
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    args = {"start": (3, 10, {"step": 3})}.get(call, ())
+    with pytest.raises(WorkerDied, match=r"^an actor failed .*ActorDiedError.*the last checkpoint is .*--resume$"):
+        getattr(ex, call)(*args)
