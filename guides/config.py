@@ -4,6 +4,8 @@ A guide config names a ``backend`` and that backend's ``options``::
 
     backend: transformers
     resources: {num_cpus: 2, num_gpus: 0}     # used when the guide runs as a Ray actor
+    # resources: {num_cpus: 2, resources: {guide_node: 1}}   # + Ray custom resources: only nodes started with
+    #                                           # ray start --resources '{"guide_node": 1}' host it
     options:
       model: /models/smollm2-135m-instruct
       dtype: float32
@@ -16,13 +18,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import GuideError
 
 __all__ = [
     "BACKENDS",
     "GuideConfig",
+    "CustomResources",
     "Resources",
     "TransformersOptions",
     "VLLMOptions",
@@ -42,11 +45,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def check_custom_resources(value: dict[str, float]) -> dict[str, float]:
+    """Ray custom resources (``.options(resources=...)``): names other than Ray's own, amounts > 0."""
+    builtin = [k for k in value if k in RAY_BUILTIN_RESOURCES]
+    if builtin:
+        raise ValueError(f"{builtin} are not custom resources; use num_cpus / num_gpus")
+    bad = [k for k, v in value.items() if not v > 0]
+    if bad:
+        raise ValueError(f"custom resource amounts must be > 0 ({bad}); leave a resource out instead")
+    return value
+
+
+CustomResources = Annotated[dict[str, float], AfterValidator(check_custom_resources)]
+
+
 class Resources(_Strict):
-    """Ray resources of the actor hosting the guide (ignored when the guide runs in-process)."""
+    """Ray resources of the actor hosting the guide (ignored when the guide runs in-process): ``num_cpus``,
+    ``num_gpus`` and custom ``resources`` as in Ray's actor options; a custom resource pins the actor to the
+    nodes started with it (``ray start --resources '{"guide_node": 1}'``)."""
 
     num_cpus: Annotated[float, Field(ge=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    resources: CustomResources = Field(default_factory=dict)
 
 
 def looks_like_a_path(name: str) -> bool:

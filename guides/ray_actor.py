@@ -4,8 +4,8 @@
     guide = RemoteGuide(actor)          # a Guide: generate / score / close block on the actor
     cots = guide.generate(prompts, max_tokens=512)
 
-The actor asks Ray for ``resources.num_cpus`` / ``resources.num_gpus`` from the config. ray is optional
-and imported only here, when an actor is spawned or a remote guide is used.
+The actor asks Ray for ``resources.num_cpus`` / ``resources.num_gpus`` / custom ``resources.resources`` from the
+config. ray is optional and imported only here, when an actor is spawned or a remote guide is used.
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ class GuideActor:
 
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (hex), for the run's record of where each actor was placed."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def info(self) -> dict[str, Any]:
         guide = self._guide()
         return {"backend": self.cfg.backend, "name": self.cfg.name, "supports_scoring": guide.supports_scoring,
@@ -77,6 +83,8 @@ def spawn_guide_actor(cfg: GuideConfig, max_restarts: int = 0, **actor_options: 
     ray = import_ray()
     options: dict[str, Any] = {"num_cpus": cfg.resources.num_cpus, "num_gpus": cfg.resources.num_gpus,
                                "max_restarts": max_restarts, "max_task_retries": max_restarts}
+    if cfg.resources.resources:
+        options["resources"] = dict(cfg.resources.resources)
     if cfg.name:
         options["name"] = cfg.name
     options.update(actor_options)

@@ -11,6 +11,11 @@ One YAML file holds every section::
     upscale: {enabled: true, features: 64}     # the same tunables as ``tune``: S0, S~0, R (+ dbp)
     train: {steps: 40, batch_size: 4, out_dir: runs/rl}
     distributed: {num_learners: 2}
+
+Placement on a cluster of several nodes follows Ray's custom resources: start each node with its own
+(``ray start --resources '{"guide_node": 1}'``) and ask for them per role, ``guide.resources.resources:
+{guide_node: 1}`` and ``distributed.learner_resources: {learner_node: 1}``; each actor (and its placement-group
+bundle) then asks Ray for them, so it lands only on a node that has them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
+from rl_statetune_guides.config import CustomResources
 
 from rl_statetune.config import OptimConfig, RunConfig, Section, TrainConfig, load_config
 
@@ -28,6 +34,7 @@ class GuideResources(Section):
 
     num_cpus: float | None = Field(None, ge=0)
     num_gpus: float | None = Field(None, ge=0)
+    resources: CustomResources | None = None   # Ray custom resources per replica, e.g. {guide_node: 1}
     replicas: int = Field(1, gt=0)
 
 
@@ -170,6 +177,9 @@ class DistributedConfig(Section):
     num_learners: int = Field(2, gt=0)
     learner_cpus: float = Field(1.0, ge=0)
     learner_gpus: float = Field(0.0, ge=0)
+    # Ray custom resources per learner (``.options(resources=...)``), e.g. {learner_node: 1}: learners then run
+    # only on nodes started with ``ray start --resources '{"learner_node": N}'``
+    learner_resources: CustomResources = Field(default_factory=dict)
     collective: Literal["auto", "gloo", "nccl"] = "auto"   # auto: nccl when learners hold GPUs, else gloo
     queue_size: int = Field(4, gt=0)           # CoT batches buffered between the guide and the learners
     torch_threads: int = Field(1, gt=0)        # per learner process

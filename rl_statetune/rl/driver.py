@@ -56,6 +56,7 @@ class RLResult:
     skipped_steps: int = 0                # steps skipped with train.on_nonfinite: skip
     already_finished: bool = False        # --resume of a finished run: its stored result, nothing written
     steady_idle_share: float = float("nan")   # share of the loop after the first batch the learners waited
+    nodes: dict[str, str] = field(default_factory=dict)   # Ray: the node id each actor ran on ("learner 0": id)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RLResult":
@@ -75,6 +76,7 @@ class Executor(Protocol):
     def stats(self) -> dict: ...
     def checkpoint(self) -> dict: ...
     def final(self) -> dict: ...
+    def nodes(self) -> dict[str, str]: ...
     def close(self) -> None: ...
 
 
@@ -125,6 +127,9 @@ class LocalExecutor:
 
     def final(self) -> dict:
         return self.learner.checkpoint()["tunable"]
+
+    def nodes(self) -> dict[str, str]:
+        return {}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -210,6 +215,7 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
                 if stop and step + 1 < steps:
                     raise Interrupted(stop.signum, step + 1, run.path)
         loop_s = time.time() - t_loop
+        nodes = ex.nodes()
         final = ex.final()
         guide_rate = ex.stats()["guide_tokens_per_s"]
     finally:
@@ -223,7 +229,7 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
     res = RLResult(str(run.path), steps, first, last, rewards, before.accuracy, after.accuracy, guide_rate,
                    tokens / max(learner_s, 1e-9), wait_s, time.time() - t_start, first_wait_s=first_wait_s,
                    loop_s=loop_s, queue_depth=depth, tokens_before=before.mean_tokens,
-                   tokens_after=after.mean_tokens, skipped_steps=skipped)
+                   tokens_after=after.mean_tokens, skipped_steps=skipped, nodes=nodes)
     res.steady_idle_share = steady_idle_share(res)
     run.write_result(asdict(res))
     return res

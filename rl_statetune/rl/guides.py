@@ -43,6 +43,6 @@ def resolve_guide_config(section: GuideSection, data: DataConfig, work_dir: str 
         data = cfg.model_dump(mode="json")
         cfg = GuideConfig.model_validate({**data, "options": {**data["options"], **section.options}})
     r = section.resources
-    res = cfg.resources.model_copy(update={k: v for k, v in (("num_cpus", r.num_cpus), ("num_gpus", r.num_gpus))
-                                           if v is not None})
+    res = cfg.resources.model_copy(update={k: v for k, v in (("num_cpus", r.num_cpus), ("num_gpus", r.num_gpus),
+                                                             ("resources", r.resources)) if v is not None})
     return cfg.model_copy(update={"resources": res})

@@ -4,6 +4,12 @@
 
 * Every actor with resources lives in one placement group (one bundle per guide replica and per learner).
   A pre-flight check compares the bundles with the cluster's resources and fails fast, naming what is missing.
+* Per-role Ray custom resources (``guide.resources.resources``, ``distributed.learner_resources``) go into the
+  bundles and the actors' options, so on a cluster of several nodes each role lands on the nodes started with
+  them (``ray start --resources '{"guide_node": 1}'``); the node every actor ran on is logged and kept in the
+  result (``nodes``).
+* A Ray failure anywhere in the loop (an actor or a whole node dying) ends the run with :class:`WorkerDied`,
+  one line naming ``--resume`` when a checkpoint exists.
 * The producer runs ahead of the learners by up to ``distributed.queue_size`` batches per learner, so guide
   generation overlaps learning; the time learners wait on their queue is logged.
 * Learner ``rank`` trains on batch ``step * N + rank``; gradients (S0, S~0, R) and DBP statistics are averaged
@@ -17,6 +23,7 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +69,16 @@ def own_error(e: BaseException) -> str:
     return f"{type(inner).__name__}: {lines[-1] if lines else ''}"[:500]
 
 
-def _bundle(cpus: float, gpus: float) -> dict[str, float]:
-    return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+def _bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, float]:
+    return {**{k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}, **custom}
 
 
 def plan_bundles(cfg: RLConfig, guide: GuideConfig) -> tuple[list[dict], list[dict]]:
     """(guide bundles, learner bundles); a bundle is empty for an actor that needs no resources."""
-    g = [_bundle(guide.resources.num_cpus, guide.resources.num_gpus)] * cfg.guide.resources.replicas
+    r = guide.resources
+    g = [_bundle(r.num_cpus, r.num_gpus, r.resources)] * cfg.guide.resources.replicas
     d = cfg.distributed
-    return g, [_bundle(d.learner_cpus, d.learner_gpus)] * d.num_learners
+    return g, [_bundle(d.learner_cpus, d.learner_gpus, d.learner_resources)] * d.num_learners
 
 
 def preflight(bundles: list[dict], cluster: dict[str, float]) -> None:
@@ -82,11 +90,14 @@ def preflight(bundles: list[dict], cluster: dict[str, float]) -> None:
     short = {k: (v, cluster.get(k, 0.0)) for k, v in need.items() if v > cluster.get(k, 0.0) + 1e-9}
     if short:
         what = ", ".join(f"{v:g} {k} (cluster has {have:g})" for k, (v, have) in short.items())
+        custom = [k for k in short if k not in ("CPU", "GPU")]
+        hint = (f"; custom resources come from the nodes' ray start --resources '{{\"{custom[0]}\": N}}' "
+                "(guide.resources.resources, distributed.learner_resources)" if custom else "")
         raise ResourceError(
             f"the run needs {what}: guide replicas x guide resources + num_learners x learner resources. "
             "Lower distributed.num_learners / learner_cpus / learner_gpus or guide.resources.num_cpus / num_gpus "
             "/ replicas, or start Ray with more resources (ray start --num-cpus/--num-gpus, or "
-            "distributed.num_cpus)")
+            f"distributed.num_cpus){hint}")
 
 
 def collective_backend(cfg: RLConfig) -> str:
@@ -136,8 +147,9 @@ class RayExecutor:
         g_bundles, l_bundles = plan_bundles(cfg, gcfg)
         try:
             preflight(g_bundles + l_bundles, self.ray.cluster_resources())
-            self._place(cfg, gcfg, g_bundles, l_bundles, placement_group, Queue, PlacementGroupSchedulingStrategy,
-                        spawn_guide_actor)
+            with self._failures("while starting"):
+                self._place(cfg, gcfg, g_bundles, l_bundles, placement_group, Queue,
+                            PlacementGroupSchedulingStrategy, spawn_guide_actor)
         except BaseException:
             self.close()
             raise
@@ -171,7 +183,7 @@ class RayExecutor:
         self.learners = []
         for rank, b in enumerate(l_bundles):
             opts = {"num_cpus": d.learner_cpus, "num_gpus": d.learner_gpus, "name": f"rl-learner-{rank}-{os.getpid()}",
-                    **where(b)}
+                    **({"resources": dict(d.learner_resources)} if d.learner_resources else {}), **where(b)}
             w = self.ray.remote(LearnerWorker).options(**opts).remote(
                 cfg_json, rank, d.num_learners, self.queues[rank], self.guides[rank % len(self.guides)], group,
                 backend, d.guide_timeout_s)
@@ -186,25 +198,32 @@ class RayExecutor:
 
     # -- the executor interface (see rl.driver) ----------------------------------------------------------------
     def start(self, first_step: int, total_steps: int, saved: dict | None) -> None:
-        if saved is not None:
-            self.ray.get([w.load_checkpoint.remote(saved) for w in self.learners])
-        N = len(self.learners)
-        self.produced = self.producer.run.remote(first_step * N, (total_steps - first_step) * N)
+        with self._failures("while loading the checkpoint"):
+            if saved is not None:
+                self.ray.get([w.load_checkpoint.remote(saved) for w in self.learners])
+            N = len(self.learners)
+            self.produced = self.producer.run.remote(first_step * N, (total_steps - first_step) * N)
 
-    def step(self, step: int, total_steps: int) -> dict:
+    @contextmanager
+    def _failures(self, during: str):
+        """Turn a Ray failure (an actor, or the node under it, died) into one :class:`WorkerDied` line naming the
+        actor and what to do next; a learner's ``ValueError`` (bad input, a diverged run) passes as itself."""
         from ray.exceptions import RayError
 
         try:
-            ms = self._gather([w.step.remote(step, total_steps) for w in self.learners])
+            yield
         except (ActorFailed, RayError) as failure:
             who, e = (failure.who, failure.error) if isinstance(failure, ActorFailed) else ("an actor", failure)
             cause = getattr(e, "cause", None)
             if isinstance(cause, ValueError):     # bad input or a diverged run, raised inside a learner
                 raise cause from None
-            why = "; the others' all-reduce breaks with it" if who.startswith("learner") and len(self.learners) > 1 \
-                else ""
-            raise WorkerDied(f"{who} failed during step {step + 1} ({own_error(e)}){why}; {self._after_failure()}") \
-                from e
+            many = len(getattr(self, "learners", [])) > 1     # (none yet when starting fails)
+            why = "; the others' all-reduce breaks with it" if who.startswith("learner") and many else ""
+            raise WorkerDied(f"{who} failed {during} ({own_error(e)}){why}; {self._after_failure()}") from e
+
+    def step(self, step: int, total_steps: int) -> dict:
+        with self._failures(f"during step {step + 1}"):
+            ms = self._gather([w.step.remote(step, total_steps) for w in self.learners])
         N = len(ms)
         out = {k: sum(m[k] for m in ms) / N for k in ("reward", "loss") if k in ms[0]}
         if "match_argmax" in ms[0]:
@@ -216,21 +235,33 @@ class RayExecutor:
         return out
 
     def stats(self) -> dict:
-        g = self.ray.get(self.producer.stats.remote())
-        return {"guide_tokens_per_s": g["guide_tokens_per_s"], "queue_size": sum(q.size() for q in self.queues)}
+        with self._failures("while reporting the guide's stats"):
+            g = self.ray.get(self.producer.stats.remote())
+            return {"guide_tokens_per_s": g["guide_tokens_per_s"], "queue_size": sum(q.size() for q in self.queues)}
 
     def checkpoint(self) -> dict:
-        ckpt = self.ray.get(self.learners[0].checkpoint.remote())
-        ckpt["ranks"] = self.ray.get([w.rank_state.remote() for w in self.learners])
+        with self._failures("while writing a checkpoint"):
+            ckpt = self.ray.get(self.learners[0].checkpoint.remote())
+            ckpt["ranks"] = self.ray.get([w.rank_state.remote() for w in self.learners])
         return ckpt
+
+    def nodes(self) -> dict[str, str]:
+        """``{"guide 0": node id, "learner 0": node id, ...}``: the Ray node each actor runs on (also logged)."""
+        refs = {**{f"guide {r}": g.node_id.remote() for r, g in enumerate(self.guides)},
+                **{f"learner {r}": w.node_id.remote() for r, w in enumerate(self.learners)}}
+        with self._failures("while asking the actors for their nodes"):
+            out = dict(zip(refs, self.ray.get(list(refs.values()))))
+        log.info("actors ran on Ray nodes: %s", ", ".join(f"{k} {v}" for k, v in out.items()))
+        return out
 
     def final(self) -> dict:
         """The tunables' state dict, after checking every learner holds the same tunables."""
-        self.ray.get(self.produced)
-        sums = self.ray.get([w.state_checksum.remote() for w in self.learners])
-        if any(s != sums[0] for s in sums):
-            raise RuntimeError(f"learner tunables diverged (checksums {sums}); the all-reduce is broken")
-        return self.ray.get(self.learners[0].checkpoint.remote())["tunable"]
+        with self._failures("at the end of the run"):
+            self.ray.get(self.produced)
+            sums = self.ray.get([w.state_checksum.remote() for w in self.learners])
+            if any(s != sums[0] for s in sums):
+                raise RuntimeError(f"learner tunables diverged (checksums {sums}); the all-reduce is broken")
+            return self.ray.get(self.learners[0].checkpoint.remote())["tunable"]
 
     def _after_failure(self) -> str:
         """What the user can do after an actor failed: --resume only where a checkpoint exists."""
@@ -296,7 +327,10 @@ class RayExecutor:
             except Exception as e:  # noqa: BLE001 - the queue actor is gone already
                 log.debug("queue shutdown: %s", e)
         if self.pg is not None:
-            self._remove_pg(self.pg)
+            try:
+                self._remove_pg(self.pg)
+            except Exception as e:  # noqa: BLE001 - its node (or the cluster) is gone
+                log.debug("remove placement group: %s", e)
         if self.owns_ray:
             self.ray.shutdown()
 

@@ -144,6 +144,12 @@ class LearnerWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this learner runs on (hex)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def rank_state(self) -> dict:
         """What differs between learners: the sampling generator and the EMA baseline."""
         return {"generator": self.learner.generator.get_state(), "baseline": self.learner.baseline.value}
