@@ -157,12 +157,14 @@ class OpenAIGuide(Guide):
         token's own entry plus the top ``k``, keyed by text). No alternatives where the prefix does not end
         at a character the text shares: after a token that does not read as its own piece (the byte tokens of
         a character) and for a first token that straddles the prompt boundary. Pieces that are empty or hold
-        ``\\ufffd`` (byte tokens) are dropped, as is a text two ids share (the larger log-prob is kept)."""
+        ``\\ufffd`` (byte tokens) are dropped; special tokens stay, as their text (the in-process backends drop
+        them); two ids with one text are one entry of the server's mapping."""
         out: list[tuple[tuple[str, float], ...]] = []
         for i, row in enumerate(tops):
             if not isinstance(row, dict):
                 raise GuideOutputError(f"{self.url}: top_logprobs entry {i} of the continuation is {row!r}")
-            prev_ok = i > 0 and tokens[i - 1] != "" and tokens[i - 1] == text[spans[i - 1][0]:spans[i - 1][1]]
+            prev = text[spans[i - 1][0]:spans[i - 1][1]] if i > 0 else ""
+            prev_ok = prev != "" and tokens[i - 1].endswith(prev)   # its own text (clipped, if it straddles)
             if (i == 0 and straddles) or (i > 0 and not prev_ok):
                 out.append(())
                 continue
