@@ -94,7 +94,7 @@ class OpenAIGuide(Guide):
             if self.options.tokenize == "vllm":   # token ids: no token crosses the prompt boundary
                 ids = [(self._token_ids(p, True), self._token_ids(c, False)) for p, c in batch]
                 prompt: list = [p_ids + c_ids for p_ids, c_ids in ids]
-                n_prompt: list[int | None] = [len(p_ids) for p_ids, _ in ids]
+                n_prompt: list[tuple[int, int] | None] = [(len(p_ids), len(c_ids)) for p_ids, c_ids in ids]
             else:
                 prompt, n_prompt = [p + c for p, c in batch], [None] * len(batch)
             payload = {
@@ -108,9 +108,9 @@ class OpenAIGuide(Guide):
             out.extend(self._scored(choice, p, c, n, top_k) for choice, (p, c), n in zip(choices, batch, n_prompt))
         return out
 
-    def _scored(self, choice: dict[str, Any], prompt: str, continuation: str, n_prompt: int | None,
+    def _scored(self, choice: dict[str, Any], prompt: str, continuation: str, n_ids: tuple[int, int] | None,
                 top_k: int = 0) -> ScoredText:
-        """``n_prompt``: the prompt's token count when token ids were sent (``tokenize: vllm``), else ``None``."""
+        """``n_ids``: the prompt's and the continuation's token counts when ids were sent (``tokenize: vllm``)."""
         lp = _field(choice, "logprobs", dict)
         tokens = _field(lp, "tokens", list)
         values = _field(lp, "token_logprobs", list)
@@ -124,10 +124,10 @@ class OpenAIGuide(Guide):
         end = len(tokens) - n_gen
         if not all(isinstance(t, str) for t in tokens[:end]):
             raise GuideOutputError(f"{self.url}: logprobs.tokens must be strings")
-        if n_prompt is not None:
-            if end < n_prompt:
-                raise GuideOutputError(f"{self.url}: echo returned {end} tokens for a prompt of {n_prompt}")
-            first, spans = n_prompt, align_pieces(continuation, tokens[n_prompt:end])
+        if n_ids is not None:
+            if end != sum(n_ids):
+                raise GuideOutputError(f"{self.url}: echo returned {end} tokens for the {sum(n_ids)} sent")
+            first, spans = n_ids[0], align_pieces(continuation, tokens[n_ids[0]:end])
             straddles = False
         else:   # joint text: keep the tokens that reach into the continuation, clipped to it
             start = len(prompt)
@@ -180,7 +180,11 @@ class OpenAIGuide(Guide):
         if key not in self._token_cache:
             if len(self._token_cache) >= _TOKEN_CACHE:
                 self._token_cache.clear()
-            data = self._post({"prompt": text, "add_special_tokens": add_special_tokens}, self.tokenize_url)
+            try:
+                data = self._post({"prompt": text, "add_special_tokens": add_special_tokens}, self.tokenize_url)
+            except GuideRequestError as e:
+                raise GuideRequestError(f"{e}; tokenize: vllm needs vLLM's /tokenize next to /v1 (other servers: "
+                                        "tokenize: joint)") from e
             ids = _field(data, "tokens", list)
             if not all(isinstance(t, int) for t in ids):
                 raise GuideOutputError(f"{self.tokenize_url}: tokens must be integers")

@@ -88,7 +88,7 @@ class Handler(BaseHTTPRequestHandler):
         srv.requests.append(payload)
         srv.paths.append(self.path)
         srv.headers_seen.append(dict(self.headers))
-        if self.path == "/tokenize":
+        if self.path == "/tokenize" and srv.mode != "no_tokenize":
             ids = [srv.vocab.setdefault(t, len(srv.vocab)) for t in fake_tokens(payload["prompt"])]
             return self._send(200, json.dumps({"tokens": [0] * payload["add_special_tokens"] + ids}).encode())
         if self.path != "/v1/completions":
@@ -210,6 +210,12 @@ def test_tokenize_vllm_scores_the_continuation_tokenized_on_its_own(server: Fake
     assert s.pieces == ("cd", " ef") and s.logprobs == pytest.approx([fake_logprob("cd"), fake_logprob(" ef")])
     guide.score(["x ab"], ["gh"])   # the prompt's ids are cached
     assert server.paths[3:] == ["/tokenize", "/v1/completions"] and server.requests[3]["prompt"] == "gh"
+
+
+def test_tokenize_vllm_on_a_server_without_tokenize_says_so(server: FakeServer) -> None:
+    server.mode = "no_tokenize"   # 404 there, as on a server other than vLLM
+    with pytest.raises(GuideRequestError, match="tokenize: vllm needs vLLM's /tokenize"):
+        make_guide(server.base_url, tokenize="vllm").score(["x"], ["y"])
 
 
 def test_retries_then_succeeds(server: FakeServer) -> None:
