@@ -110,7 +110,7 @@ class Handler(BaseHTTPRequestHandler):
             if payload.get("echo"):
                 if isinstance(prompt, list):   # token ids: the client sent <s> itself if it wanted one
                     names = {v: k for k, v in srv.vocab.items()}
-                    toks = [names[t] for t in prompt] + generated
+                    toks = [names[t] for t in prompt[: len(prompt) - (srv.mode == "short_echo")]] + generated
                 else:
                     toks = ["<s>", *fake_tokens(prompt), *generated]
                 lps = [None] + [fake_logprob(t) for t in toks[1:]]
@@ -210,6 +210,12 @@ def test_tokenize_vllm_scores_the_continuation_tokenized_on_its_own(server: Fake
     assert s.pieces == ("cd", " ef") and s.logprobs == pytest.approx([fake_logprob("cd"), fake_logprob(" ef")])
     guide.score(["x ab"], ["gh"])   # the prompt's ids are cached
     assert server.paths[3:] == ["/tokenize", "/v1/completions"] and server.requests[3]["prompt"] == "gh"
+
+
+def test_tokenize_vllm_echo_of_other_tokens_is_an_output_error(server: FakeServer) -> None:
+    server.mode = "short_echo"   # one token fewer echoed than sent: the spans would be misread
+    with pytest.raises(GuideOutputError, match="echo returned 4 tokens for the 5 sent"):
+        make_guide(server.base_url, tokenize="vllm", score_max_tokens=0).score(["x ab"], ["cd ef"])
 
 
 def test_tokenize_vllm_on_a_server_without_tokenize_says_so(server: FakeServer) -> None:
