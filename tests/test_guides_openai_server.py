@@ -9,8 +9,8 @@ measured max 2.7e-5); ``score(top_k=5)`` read from the echo's ``top_logprobs`` e
 top-k; an RL run (``rl-statetune rl``) with the server as its guide writes its result and checkpoint, with the
 rewards of the same run on the transformers guide. Without ``RL_STATETUNE_VLLM_PYTHON`` it skips and says why.
 
-Wall time: 176 s for the file on 2 CPU cores shared with other jobs (load ~9), of which ~50 s per model to start the
-server and the in-process engine side by side (``pytest -s --durations=0`` prints both).
+Wall time: 120-176 s for the file (3 runs) on 2 CPU cores shared with other jobs (load 8-10), of which 35-60 s per
+model to start the server and the in-process engine side by side (``pytest -s --durations=0`` prints both).
 """
 
 from __future__ import annotations
