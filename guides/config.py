@@ -172,8 +172,15 @@ class OpenAIOptions(_Strict):
     top_p: TopP = 1.0
     seed: int | None = None
     score_max_tokens: Literal[0, 1] = Field(
-        1, description="max_tokens of echo scoring requests; 0 where the server accepts it (saves a step)."
+        1, description="max_tokens of echo scoring requests; 0 where the server accepts it (vLLM does; saves a step)."
     )
+    tokenize: Literal["joint", "vllm"] = Field(
+        "joint", description="How scoring tokenizes: 'joint' sends prompt + continuation as one text (any server; a "
+        "token may straddle the boundary); 'vllm' tokenizes the prompt and the continuation on their own with vLLM's "
+        "/tokenize (at base_url's root) and sends token ids, as the transformers and vllm backends do.")
+    top_logprobs: bool = Field(
+        True, description="score(top_k=k) reads the echo's top_logprobs (vLLM: each token's text as it reads appended "
+        "to the text); false for a server whose token strings are not that (rewards then use exact queries).")
 
     @model_validator(mode="after")
     def _check(self) -> OpenAIOptions:

@@ -66,6 +66,9 @@ def align_pieces(text: str, pieces: Sequence[str]) -> list[tuple[int, int]]:
     Pieces that match ``text`` at the cursor take their own length. A run of pieces that does not match
     (a leading BOS such as ``<s>``, byte tokens decoded to ``\\ufffd``) is resolved by the next matching
     piece within a short window: the run's first token takes the skipped characters, the others are empty.
+    A run of empty pieces directly followed by the piece that holds the characters (vLLM reports the byte tokens
+    of a character as ``""`` and the character on the token that completes it) gives that piece's characters to
+    the run's first token instead: the :class:`ScoredText` convention (a character belongs to its first token).
 
     Raises:
         GuideOutputError: the pieces cannot be aligned to the text.
@@ -87,6 +90,11 @@ def align_pieces(text: str, pieces: Sequence[str]) -> list[tuple[int, int]]:
             continue
         if pending and piece:
             found = text.find(piece, cursor, cursor + _ALIGN_WINDOW + len(piece))
+            if found == cursor and all(pieces[j] == "" for j in pending):
+                pending.append(i)
+                flush(cursor + len(piece))
+                cursor += len(piece)
+                continue
             if found >= 0:
                 flush(found)
                 cursor = found

@@ -24,6 +24,7 @@ SHIPPED = {
     "smollm2_vllm_cpu.yaml": VLLMOptions,
     "dataset_gsm8k.yaml": DatasetOptions,
     "openai_local.yaml": OpenAIOptions,
+    "task_guide_openai.yaml": OpenAIOptions,
     "llama70b_vllm_tp8.yaml": VLLMOptions,
 }
 

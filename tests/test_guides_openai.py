@@ -2,7 +2,9 @@
 
 The fake server tokenizes with a regex (word pieces, punctuation, whitespace), prepends an echoed
 ``<s>`` with no log-prob, emits non-ASCII words as two undecodable byte tokens, and gives token ``t``
-the log-prob ``-(0.25 * len(t) + 0.01)``, so expected scores are computed independently here.
+the log-prob ``-(0.25 * len(t) + 0.01)``, so expected scores are computed independently here. Its
+``top_logprobs`` hold the token itself and three fixed others (``FAKE_TOP``), the actual token first as vLLM
+does; ``/tokenize`` (vLLM's, outside /v1) gives ids of the same tokens (``<s>`` = 0), which completions accept.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def fake_logprob(tok: str) -> float:
     return -(0.25 * len(tok) + 0.01)
 
 
+FAKE_TOP = {"": -0.2, " x": -0.3, " y": -1.5}   # "" is how vLLM shows a byte token: never an alternative
+
+
 class FakeServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -50,6 +55,8 @@ class FakeServer(ThreadingHTTPServer):
         self.mode = "ok"
         self.failures_left = 0
         self.requests: list[dict] = []
+        self.paths: list[str] = []
+        self.vocab: dict[str, int] = {"<s>": 0}
         self.headers_seen: list[dict] = []
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -79,7 +86,11 @@ class Handler(BaseHTTPRequestHandler):
         srv = self.server
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv.requests.append(payload)
+        srv.paths.append(self.path)
         srv.headers_seen.append(dict(self.headers))
+        if self.path == "/tokenize" and srv.mode != "no_tokenize":
+            ids = [srv.vocab.setdefault(t, len(srv.vocab)) for t in fake_tokens(payload["prompt"])]
+            return self._send(200, json.dumps({"tokens": [0] * payload["add_special_tokens"] + ids}).encode())
         if self.path != "/v1/completions":
             return self._send(404, b'{"error": "not found"}')
         if srv.failures_left > 0:
@@ -97,10 +108,16 @@ class Handler(BaseHTTPRequestHandler):
         for i, prompt in enumerate(payload["prompt"]):
             generated = [" ok"] * payload["max_tokens"]
             if payload.get("echo"):
-                toks = ["<s>", *fake_tokens(prompt), *generated]
+                if isinstance(prompt, list):   # token ids: the client sent <s> itself if it wanted one
+                    names = {v: k for k, v in srv.vocab.items()}
+                    toks = [names[t] for t in prompt[: len(prompt) - (srv.mode == "short_echo")]] + generated
+                else:
+                    toks = ["<s>", *fake_tokens(prompt), *generated]
                 lps = [None] + [fake_logprob(t) for t in toks[1:]]
-                logprobs = {"tokens": toks, "token_logprobs": lps, "text_offset": [], "top_logprobs": None}
-                choices.append({"index": i, "text": prompt + "".join(generated), "logprobs": logprobs})
+                top = None if srv.mode == "no_top" else [None] + [{t: fake_logprob(t), **FAKE_TOP} for t in toks[1:]]
+                logprobs = {"tokens": toks, "token_logprobs": lps, "text_offset": [], "top_logprobs": top}
+                choices.append({"index": i, "text": "".join(toks[1:]) if isinstance(prompt, list) else prompt + "".join(generated),
+                                "logprobs": logprobs})
             else:
                 choices.append({"index": i, "text": f"answer to {prompt}", "logprobs": None})
         choices.reverse()  # clients must order by index, not by position
@@ -157,6 +174,54 @@ def test_token_straddling_the_prompt_boundary(server: FakeServer) -> None:
     assert server.requests[0]["max_tokens"] == 0
     assert s.pieces == ("cd", " ef") and s.offsets == ((0, 2), (2, 5))
     assert s.logprobs == pytest.approx([fake_logprob(" abcd"), fake_logprob(" ef")])
+
+
+def test_score_top_k_from_top_logprobs(server: FakeServer) -> None:
+    guide = make_guide(server.base_url, score_max_tokens=0)
+    s3, s2 = guide.score(["Say"], [" It is"], top_k=3)[0], guide.score(["Say"], [" It is"], top_k=2)[0]
+    assert server.requests[0]["logprobs"] == 3 and server.requests[1]["logprobs"] == 2
+    # the k best of the token and FAKE_TOP, best first, "" dropped: " It" (-0.76) is third, so only in k=3's row
+    assert s3.top_k == (((" x", -0.3), (" It", fake_logprob(" It"))), ((" x", -0.3), (" is", fake_logprob(" is"))))
+    assert s2.top_k == (((" x", -0.3),), ((" x", -0.3),))
+    # after a byte token the prefix ends inside a character: no alternatives there
+    (s,) = guide.score(["Say"], [" naïve ok"], top_k=3)
+    assert s.pieces == (" naïve", "", " ok") and s.top_k[0] == ((" x", -0.3), (" y", -1.5)) and s.top_k[1:] == ((), ())
+    # a token straddling the prompt boundary (joint text) has none either; the next one has (" abcd" ends in "cd")
+    (s,) = guide.score(["x ab"], ["cd ef"], top_k=3)
+    assert s.top_k == ((), ((" x", -0.3), (" ef", fake_logprob(" ef"))))
+
+
+def test_score_top_k_without_top_logprobs_falls_back(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
+    server.mode = "no_top"
+    (s,) = make_guide(server.base_url).score(["Say"], [" It is"], top_k=3)
+    assert s.top_k is None and "cannot return top-k" in caplog.text
+    (s,) = make_guide(server.base_url, top_logprobs=False).score(["Say"], [" It is"], top_k=3)
+    assert s.top_k is None and server.requests[-1]["logprobs"] == 1
+
+
+def test_tokenize_vllm_scores_the_continuation_tokenized_on_its_own(server: FakeServer) -> None:
+    guide = make_guide(server.base_url, tokenize="vllm", score_max_tokens=0)
+    (s,) = guide.score(["x ab"], ["cd ef"])
+    # the prompt with <s>, the continuation without, sent as ids: "cd" is its own token, not " abcd"
+    assert server.paths == ["/tokenize", "/tokenize", "/v1/completions"]
+    assert [r["add_special_tokens"] for r in server.requests[:2]] == [True, False]
+    v = server.vocab
+    assert server.requests[2]["prompt"] == [[0, v["x"], v[" ab"], v["cd"], v[" ef"]]]
+    assert s.pieces == ("cd", " ef") and s.logprobs == pytest.approx([fake_logprob("cd"), fake_logprob(" ef")])
+    guide.score(["x ab"], ["gh"])   # the prompt's ids are cached
+    assert server.paths[3:] == ["/tokenize", "/v1/completions"] and server.requests[3]["prompt"] == "gh"
+
+
+def test_tokenize_vllm_echo_of_other_tokens_is_an_output_error(server: FakeServer) -> None:
+    server.mode = "short_echo"   # one token fewer echoed than sent: the spans would be misread
+    with pytest.raises(GuideOutputError, match="echo returned 4 tokens for the 5 sent"):
+        make_guide(server.base_url, tokenize="vllm", score_max_tokens=0).score(["x ab"], ["cd ef"])
+
+
+def test_tokenize_vllm_on_a_server_without_tokenize_says_so(server: FakeServer) -> None:
+    server.mode = "no_tokenize"   # 404 there, as on a server other than vLLM
+    with pytest.raises(GuideRequestError, match="tokenize: vllm needs vLLM's /tokenize"):
+        make_guide(server.base_url, tokenize="vllm").score(["x"], ["y"])
 
 
 def test_retries_then_succeeds(server: FakeServer) -> None:

@@ -65,6 +65,17 @@ def test_align_pieces_exact_bos_and_undecodable_bytes() -> None:
         align_pieces("abc", ["ab"])
 
 
+def test_align_pieces_gives_a_character_vllm_puts_on_its_last_byte_token_to_the_first() -> None:
+    # vLLM reports a character's byte tokens as "" and the character on the token that completes it (here " 日"
+    # over three tokens, then 本 whole, then 語 over three): the ScoredText convention puts it on the first.
+    pieces = [" then", "", "", " 日", "本", "", "", "語", " ok"]
+    assert align_pieces(" then 日本語 ok", pieces) == [
+        (0, 5), (5, 7), (7, 7), (7, 7), (7, 8), (8, 9), (9, 9), (9, 9), (9, 12)]
+    # at the start of the text too; a BOS-like unmatched piece keeps the old rule (it takes no characters)
+    assert align_pieces("日b", ["", "", "日", "b"]) == [(0, 1), (1, 1), (1, 1), (1, 2)]
+    assert align_pieces("Hi", ["<s>", "Hi"]) == [(0, 0), (0, 2)]
+
+
 def test_scored_text_builder() -> None:
     s = scored_text("x y", [(0, 1), (1, 3)], [-1, -2])
     assert s.pieces == ("x", " y") and s.logprobs == (-1.0, -2.0)
