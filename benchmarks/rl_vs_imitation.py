@@ -9,6 +9,8 @@ Rows (same base config, same step budget and batch size; only the reward / guide
 
 * ``frozen``: the frozen model, no header;  ``frozen+header``: the frozen model prompted with ``Mode: reason``;
 * ``tune-rationales``: supervised ``tune`` on the task's rationales (teacher forcing);
+* ``tune-self``: supervised ``tune`` on the self-guide's CoTs (the frozen model with its header writes one greedy
+  CoT per training prompt, as the RL rows' self-guide does): imitation of the same guide the ``*-self`` rows use;
 * ``lora-matched`` / ``lora-usual``: PEFT LoRA on the same rationales with TRL's SFTTrainer (``hf.sft.sft_tune``,
   lr 1e-2 -> 1e-4), at the state's trainable-parameter count (r 8 on the attention projections of
   ``embedded:reason``) and at a usual rank (r 16 on every linear layer); scored with the adapter merged;
@@ -47,7 +49,9 @@ from rl_statetune.checkpoint import load_model
 from rl_statetune.config import TuneConfig
 from rl_statetune.data import Example, load_examples
 from rl_statetune.rl.config import RLConfig, load_rl_config
+from rl_statetune.rl.cot import clean_guide_text, make_items
 from rl_statetune.rl.driver import run_rl
+from rl_statetune.rl.self_guide import SelfGuide
 from rl_statetune.run.heldout import held_out
 from rl_statetune.synthetic import mode_header, reasoning_problems
 from rl_statetune.tokenizer import WorldTokenizer
@@ -73,7 +77,7 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
 }
 LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/output: 6 x 4 x 2 x 128 x 8 = 49,152
              "lora-usual": (16, "all")}        # numbers, the state's 6 x 2 x 64 x 64; "usual": r 16 on all linears
-ROWS = ["frozen", "frozen+header", "tune-rationales", "lora-matched", "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self",
+ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "lora-matched", "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self",
         "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier", "grpo+guide-self",
         "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2"]
 
@@ -82,6 +86,24 @@ def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
     seen = {e.prompt for e in train}
     return [Example(p.prompt(), p.solution("reason"), str(p.answer)) for p in reasoning_problems(n, seed)
             if p.prompt() not in seen]
+
+
+def self_guide_targets(base: RLConfig, out: Path) -> tuple[Path, int]:
+    """A jsonl task of the training prompts with the self-guide's greedy CoTs as targets (the CoT items' text:
+    join + CoT + suffix), in the synthetic task's order; its one held-out row (jsonl tasks hold some out) is a
+    copy of the first."""
+    model = load_model(base.model.path, base.model.dtype, backend=base.model.wkv_backend)
+    tok = WorldTokenizer()
+    cot = base.guide.cot.model_copy(update={"stop": base.guide.cot.stop or ["\n"]})
+    guide = SelfGuide(model, tok, SELF["self_guide"]["header"], tuple(cot.stop))
+    train, _ = load_examples(base.data)
+    texts = [clean_guide_text(t, cot) for t in guide.generate([e.prompt for e in train], cot.max_tokens, 0.0)]
+    rows = [{"prompt": it.prompt, "target": it.cot, "answer": e.answer}
+            for e, it in zip(train, make_items(train, texts, cot))]
+    path = out.parent / f"{out.name}-targets.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:1] + rows))
+    return path, sum(len(tok.encode(t)) for t in texts)
 
 
 def rl_variant(base: RLConfig, row: str, seed: int, steps: int, out: Path) -> RLConfig:
@@ -102,11 +124,15 @@ def guide_tokens(run_dir: Path) -> int:
 def run_row(row: str, base: RLConfig, seed: int, steps: int, out: Path) -> tuple[Path | None, float, int]:
     """(state file or None, tuning wall seconds, guide tokens)."""
     t0 = time.time()
-    if row == "tune-rationales":
+    if row in ("tune-rationales", "tune-self"):
         d = base.model_dump(mode="json", include={"model", "data", "optim", "train", "upscale", "dbp"})
         d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
+        g_tokens = 0
+        if row == "tune-self":
+            path, g_tokens = self_guide_targets(base, out)
+            d["data"] = {"task": "jsonl", "path": str(path), "train_size": base.data.train_size, "eval_size": 1}
         tune(TuneConfig.model_validate(d), progress=False, overwrite=True)
-        return out / "state.safetensors", time.time() - t0, 0
+        return out / "state.safetensors", time.time() - t0, g_tokens
     if row in LORA_ROWS:
         from rl_statetune.hf.sft import sft_tune
         d = base.model_dump(mode="json", include={"model", "data", "optim", "train"})
