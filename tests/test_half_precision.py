@@ -2,11 +2,14 @@
 
 States (S0, S~0, R) stay float32 and the WKV recurrence accumulates in float32 whatever the weights' dtype.
 Run with ``python -P -m pytest`` (or plain ``pytest``) so that the repository's kernels/ folder does not
-shadow the Hugging Face ``kernels`` package. Tolerances, measured on the embedded reasoning model (L6 C128) for a 70-token prompt:
+shadow the Hugging Face ``kernels`` package. ``RL_STATETUNE_TEST_DEVICE=cuda`` runs the model-level comparisons on
+the GPU (its Triton kernels; ``scripts/gpu_session.sh half``); the command tests stay on the CPU. Tolerances, measured on the embedded reasoning model (L6 C128) for a 70-token prompt:
 logits relative error 0.008 (bfloat16) / 0.001 (float16) -> bounds 0.02 / 0.004; greedy tokens identical.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -20,6 +23,9 @@ from rl_statetune.generation import generate
 from rl_statetune.state import TimeState, initial_state_fn
 from rl_statetune.wkv import wkv7
 
+DEVICE = os.environ.get("RL_STATETUNE_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    pytest.skip(f"RL_STATETUNE_TEST_DEVICE={DEVICE} but no CUDA device", allow_module_level=True)
 HALF = [torch.bfloat16, torch.float16]
 LOGIT_TOL = {torch.bfloat16: 0.02, torch.float16: 0.004}
 PROMPT = "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:"
@@ -35,12 +41,12 @@ def name(dt):
 
 @pytest.fixture(scope="module")
 def models():
-    return {dt: load_model("embedded:reason", dtype=name(dt)) for dt in (torch.float32, *HALF)}
+    return {dt: load_model("embedded:reason", dtype=name(dt), device=DEVICE) for dt in (torch.float32, *HALF)}
 
 
 def random_state(cfg, seed=0, scale=0.3):
     g = torch.Generator().manual_seed(seed)
-    return TimeState(cfg, scale * torch.randn(cfg.state_shape(), generator=g))
+    return TimeState(cfg, scale * torch.randn(cfg.state_shape(), generator=g)).to(DEVICE)
 
 
 # -- the recurrence ----------------------------------------------------------------------------------------------
@@ -48,7 +54,7 @@ def random_state(cfg, seed=0, scale=0.3):
 @pytest.mark.parametrize("T", [3, 40], ids=["token-loop", "chunked"])
 def test_wkv_accumulates_in_float32(dtype, T):
     """Half inputs give the float32 result of the same (rounded) inputs: only y's final rounding differs."""
-    r, logw, k, v, a, b, s0 = make_inputs(0, 2, T, 2, 16, 16, dtype=torch.float32)
+    r, logw, k, v, a, b, s0 = (x.to(DEVICE) for x in make_inputs(0, 2, T, 2, 16, 16, dtype=torch.float32))
     half = [x.to(dtype) for x in (r, logw, k, v, a, b)]
     y, s = wkv7(*half, s0=s0)
     y_ref, s_ref = wkv7(*[x.float() for x in half], s0=s0)
@@ -61,8 +67,8 @@ def test_wkv_accumulates_in_float32(dtype, T):
 @pytest.mark.parametrize("dtype", HALF, ids=name)
 def test_logits_and_states_match_float32(models, dtype):
     tok = WorldTokenizer()
-    idx = torch.tensor([tok.encode(PROMPT)])
-    more = torch.tensor([tok.encode(" 8")])
+    idx = torch.tensor([tok.encode(PROMPT)], device=DEVICE)
+    more = torch.tensor([tok.encode(" 8")], device=DEVICE)
     tuned = random_state(models[torch.float32].config)
     got = {}
     for dt in (torch.float32, dtype):
@@ -97,6 +103,7 @@ def test_tuning_gradient_points_the_same_way(models, dtype):
 
     train, _ = load_examples(DataConfig(task="synthetic", target_format="sentence", train_size=8, eval_size=4))
     batch = collate(train[:4], WorldTokenizer(), 96)
+    batch = type(batch)(**{k: v.to(DEVICE) for k, v in vars(batch).items()})
     grads, losses = {}, {}
     for dt in (torch.float32, dtype):
         state = random_state(models[dt].config, seed=1, scale=0.1)
@@ -114,11 +121,11 @@ def test_upscaled_state_and_dbp(models, dtype):
     from rl_statetune.upscale import build_upscaled_state, dbp_step
 
     tok = WorldTokenizer()
-    idx = torch.tensor([tok.encode(PROMPT)] * 2)
+    idx = torch.tensor([tok.encode(PROMPT)] * 2, device=DEVICE)
     out = {}
     for dt in (torch.float32, dtype):
         m = models[dt]
-        up = build_upscaled_state(m, "rbf", 48, support="random", seed=0)
+        up = build_upscaled_state(m, "rbf", 48, support="random", seed=0).to(DEVICE)
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             up.lifted_state.copy_(0.5 * torch.randn(up.lifted_state.shape, generator=g))
@@ -176,9 +183,9 @@ def test_eval_model_takes_a_dtype_argument():
 def test_hf_wrapper(dtype):
     ids = {}
     for dt in (torch.float32, dtype):
-        model = RWKV7ForCausalLM.from_pretrained("embedded:reason", dtype=dt)
+        model = RWKV7ForCausalLM.from_pretrained("embedded:reason", dtype=dt).to(DEVICE)
         model.attach_state(random_state(model.rwkv.config, scale=0.2))
-        enc = torch.tensor([WorldTokenizer().encode(PROMPT)])
+        enc = torch.tensor([WorldTokenizer().encode(PROMPT)], device=DEVICE)
         out = model(input_ids=enc, labels=enc)
         out.loss.backward()
         assert model.tunable.time_state.grad.dtype == torch.float32
