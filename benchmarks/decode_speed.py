@@ -8,7 +8,8 @@ bfloat16 as real checkpoints are. Contenders, measured interleaved (round robin,
 * ``ours fp32`` / ``ours bf16`` / ``ours fp16``: ``RWKV7`` with float32 / bfloat16 / float16 weights (the bf16
   file converts exactly to float16 for weights within its range), ``model.decode`` for one token and ``model(idx)``
   for a prompt; ``ours bf16+fp16 step``: bfloat16 weights whose one-token step uses float16 copies of the big
-  matrices (``model.decode_dtype``); ``ours ... B=8``: eight sequences decoded together (tokens/s counts all
+  matrices (``model.decode_dtype``); ``ours fp32 transposed``: float32 with [in, out] copies of the head and FFN
+  key for the step (``model.decode_transposed``); ``ours ... B=8``: eight sequences decoded together (tokens/s counts all
   eight).
 
 Prints tokens/s per thread count and the ratio to ``rwkv fp32``. On a machine shared with other jobs compare
@@ -67,9 +68,11 @@ class Official:
 
 
 class Ours:
-    def __init__(self, path: Path, dtype: str, batch: int = 1, decode_dtype: torch.dtype | None = None):
+    def __init__(self, path: Path, dtype: str, batch: int = 1, decode_dtype: torch.dtype | None = None,
+                 transposed: bool = False):
         self.model, self.batch = load_model(path, dtype=dtype), batch
         self.model.decode_dtype = decode_dtype
+        self.model.decode_transposed = transposed
 
     @torch.inference_mode()
     def prefill(self, toks: list[int]):
@@ -103,7 +106,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pth"
         save_blinkdl(init_rwkv7(cfg, seed=0, noise=1.0), path, dtype=torch.bfloat16)
-        contenders = {"rwkv fp32": Official(path, "cpu fp32"), "ours fp32": Ours(path, "float32")}
+        contenders = {"rwkv fp32": Official(path, "cpu fp32"), "ours fp32": Ours(path, "float32"),
+                      "ours fp32 transposed": Ours(path, "float32", transposed=True)}
         if not args.no_half:
             for name, make in (("rwkv bf16", lambda: Official(path, "cpu bf16")),
                                ("ours bf16", lambda: Ours(path, "bfloat16")),

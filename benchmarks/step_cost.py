@@ -6,7 +6,8 @@ GRPO, upscaled state and DBP) on about B x T tokens of its task's problems with 
 ``rollout`` the same with ``reward.terms: {verifier: 1.0}``, G = 4 sampled answers of up to 48 tokens; ``eval``
 the held-out generation, greedy, ``--eval-tokens`` new tokens (no stop string) for ``--eval-n`` problems in one
 batch, its time per problem. Random weights of the named shape. Each (shape, row, dtype, threads) runs in its own process so that the peak
-resident memory (VmHWM) is its own; "imports" is the process before the model, "+ model" what loading it (from a bfloat16 file) added, "peak" the maximum over the
+resident memory (VmHWM) is its own; "cpu s" is the process's CPU time for the same step (all its threads: on a
+machine shared with other jobs, at one thread, closer to the idle machine's wall time than the wall time is); "imports" is the process before the model, "+ model" what loading it (from a bfloat16 file) added, "peak" the maximum over the
 steps. On a machine shared with other jobs compare only rows of one run.
 
     python -P benchmarks/step_cost.py                   # 0.1B, tune / rl / eval, B=2 T=256, float32 and bfloat16
@@ -109,13 +110,13 @@ def one(path: str, dtype: str, B: int, T: int, steps: int, threads: int, device:
         _, held = load_examples(load_rl_config(DEMO).data)
         prompts = [e.prompt for e in held[:eval_n]]
         generate(model, tok, prompts[:1], 2, stop=())   # warm-up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         outs = generate(model, tok, prompts, eval_tokens, stop=(), batch_size=len(prompts))
         sync()
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         n_tok = sum(len(tok.encode(o)) for o in outs)   # re-encoded: about the tokens generated
         return {**out, "step_s": dt / len(prompts), "tokens": n_tok, "tokens_per_s": n_tok / dt,
-                "rss_peak_mb": mem()}
+                "cpu_s": cpu / len(prompts), "rss_peak_mb": mem()}
     if row in ("rl", "rollout"):
         learner, items, rl_cfg, _, _ = _demo_items(model, B, T, row == "rollout")
         rss_model = out["rss_model_mb"] = max(rss_model, mem())   # the tunable's support pass counts as setup
@@ -132,14 +133,17 @@ def one(path: str, dtype: str, B: int, T: int, steps: int, threads: int, device:
             target_loss(model, state, batch).backward()
             state.time_state.grad = None
             return B * T
-    times, tokens = [], 0
+    times, cpus, tokens = [], [], 0
     for i in range(steps + 1):                       # the first step warms up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         tokens = step(i)
         sync()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     step_s = sorted(times[1:])[len(times[1:]) // 2]
-    return {**out, "tokens": tokens, "step_s": step_s, "tokens_per_s": tokens / step_s, "rss_peak_mb": mem()}
+    cpu_s = sorted(cpus[1:])[len(cpus[1:]) // 2]
+    return {**out, "tokens": tokens, "step_s": step_s, "tokens_per_s": tokens / step_s, "cpu_s": cpu_s,
+            "rss_peak_mb": mem()}
 
 
 def main(argv=None) -> None:
@@ -169,7 +173,7 @@ def main(argv=None) -> None:
           f"in one batch, 'step s' per problem; median of {args.steps} steps after a warm-up; random weights; "
           f"{args.device}")
     print(f"{'shape':6s} {'row':8s} {'dtype':9s} {'thr':>3s} {'tokens':>7s} {'tokens/s':>9s} {'step s':>8s} "
-          f"{'imports MB':>11s} {'+ model MB':>11s} {'peak MB':>8s}")
+          f"{'cpu s':>8s} {'imports MB':>11s} {'+ model MB':>11s} {'peak MB':>8s}")
     import tempfile
 
     for shape in args.shapes:
@@ -191,7 +195,7 @@ def main(argv=None) -> None:
                         continue
                     r = json.loads(res.stdout.strip().splitlines()[-1])
                     print(f"{shape:6s} {row:8s} {dtype:9s} {threads:3d} {r['tokens']:7d} {r['tokens_per_s']:9.1f} "
-                          f"{r['step_s']:8.2f} {r['rss_base_mb']:11.0f} {r['rss_model_mb'] - r['rss_base_mb']:11.0f} "
+                          f"{r['step_s']:8.2f} {r['cpu_s']:8.2f} {r['rss_base_mb']:11.0f} {r['rss_model_mb'] - r['rss_base_mb']:11.0f} "
                           f"{r['rss_peak_mb']:8.0f}   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 

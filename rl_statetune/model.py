@@ -174,6 +174,7 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_backend = "auto"
         self.decode_dtype: torch.dtype | None = None   # dtype of the one-token step's matrices (rl_statetune.decode)
+        self.decode_transposed = False                  # float32 step: [in, out] copies of head / FFN key (decode.py)
 
     # -- state -----------------------------------------------------------------------------------------------
     @property

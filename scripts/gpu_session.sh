@@ -7,7 +7,7 @@
 #   run(command="bash scripts/gpu_session.sh tests", carry=[".whl"])    # CUDA tests of kernels, fla, model
 #   run(command="bash scripts/gpu_session.sh bench", carry=[".whl"])    # benchmarks/wkv.py, bf16 and fp32
 #   run(command="bash scripts/gpu_session.sh tune", carry=[".whl"])     # chunk x block_v of the kernels, T = 4096
-#   run(command="bash scripts/gpu_session.sh half", carry=[".whl"])     # bf16/fp16 model tests, 0.1B-shape step
+#   run(command="bash scripts/gpu_session.sh half", carry=[".whl"], timeout_s=600)  # bf16/fp16 tests on CUDA, steps
 #
 # Logs go to $OUT (the tool brings them back). Record the figures in docs/kernels.md.
 set -euo pipefail
@@ -52,11 +52,18 @@ bench)
     ;;
 half)
     install
-    # the half-precision and decode tests (they run on CPU tensors; the model-level CUDA paths are in "tests"), then a
-    # tune step (forward + backward to S0) at the 0.1B shape on the GPU, float32 vs bfloat16
-    python3 -P -m pytest -q -p no:cacheprovider tests/test_half_precision.py tests/test_decode.py 2>&1 | tee "$out/half_tests.txt"
-    python3 -P benchmarks/step_cost.py --device cuda --shapes 0.1B 0.4B 1.5B --B 4 --T 1024 --steps 3 2>&1 \
-        | tee "$out/step_cost_cuda.txt"
+    # 1. the bfloat16 / float16 comparisons with float32 on the GPU (Triton kernels): logits and states, greedy
+    #    tokens, the tuning gradient, the upscaled state + DBP, the HF wrapper; the command tests (and lm-eval's,
+    #    absent from the image) skip. ~2 min here on CPU.
+    RL_STATETUNE_TEST_DEVICE=cuda timeout 150 python3 -P -m pytest -q -p no:cacheprovider -rs \
+        tests/test_half_precision.py 2>&1 | tee "$out/half_tests.txt" || echo "half-precision tests: exit $?" | tee -a "$out/half_tests.txt"
+    # 2. the 0.1B shape on the GPU, float32 and bfloat16: a tune step, the demo's RL step (match, G = 8, upscaled
+    #    state + DBP), the rollout RL step (verifier, G = 4 answers of <= 48 tokens) and the held-out generation
+    timeout 240 python3 -P benchmarks/step_cost.py --device cuda --shapes 0.1B --rows tune rl rollout eval --B 4 \
+        --T 1024 --steps 3 2>&1 | tee "$out/step_cost_cuda_0.1B.txt" || echo "step_cost 0.1B: exit $?" | tee -a "$out/step_cost_cuda_0.1B.txt"
+    # 3. while the call's 10 minutes last: the tune and RL steps at 0.4B and 1.5B
+    timeout 150 python3 -P benchmarks/step_cost.py --device cuda --shapes 0.4B 1.5B --rows tune rl --B 4 --T 1024 \
+        --steps 3 2>&1 | tee "$out/step_cost_cuda_sizes.txt" || echo "step_cost sizes: exit $?" | tee -a "$out/step_cost_cuda_sizes.txt"
     ;;
 tune)
     install

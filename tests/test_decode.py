@@ -130,3 +130,26 @@ def test_decode_dtype_copies_follow_the_weights(ckpt):
     m.head.weight.mul_(2)           # in place: the cached float16 head must follow
     m32.head.weight.mul_(2)
     assert rel(m.decode(tok)[0], m32.decode(tok)[0]) < 0.01
+
+
+@torch.no_grad()
+def test_decode_transposed_copies_give_the_same_step(ckpt):
+    """decode_transposed: the float32 step through [in, out] copies of the head and FFN key equals the plain step
+    (to float rounding: a different summation order), over several steps of two rows, and follows weight changes."""
+    m = load_model(ckpt)
+    tok = torch.tensor([3, 9])
+    want, sw = m.decode(tok, tuned(m.config).initial_state(m, 2))
+    m.decode_transposed = True
+    got, sg = m.decode(tok, tuned(m.config).initial_state(m, 2))
+    assert "head_t" in m._decode_matrices[1][-1] and "fk_t" in m._decode_matrices[1][0]
+    for _ in range(3):
+        assert rel(got, want) < 1e-6 and rel(sg.wkv, sw.wkv) < 1e-6
+        m.decode_transposed = False
+        want, sw = m.decode(want.argmax(-1), sw)
+        m.decode_transposed = True
+        got, sg = m.decode(got.argmax(-1), sg)
+    m.head.weight.mul_(2)           # in place: the cached transposed head must follow
+    m.decode_transposed = False
+    want, _ = m.decode(tok)
+    m.decode_transposed = True
+    assert rel(m.decode(tok)[0], want) < 1e-6

@@ -253,3 +253,52 @@ def test_what_the_rwkv_model_cannot_honour_is_refused_in_one_line():
     from rl_statetune.generation import generate
 
     assert lm.generate_until([ok]) == generate(lm.model, lm.tokenizer, ["Q: 2+3="], 3, stop=())
+
+
+ARC4 = [{"id": f"q{i}", "question": q, "choices": {"text": c, "label": list("ABCD")}, "answerKey": k}
+        for i, (q, c, k) in enumerate([
+            ("Which is a metal?", ["wood", "iron", "paper", "glass"], "B"),
+            ("Which animal can fly?", ["a dog", "a fish", "a bird", "a cow"], "C"),
+            ("What do plants need to grow?", ["sunlight", "sand only", "darkness", "plastic"], "A")])]
+GSM3 = [{"question": q, "answer": a} for q, a in [
+    ("Tom has 3 apples and buys 5 more. How many apples does he have?", "3 + 5 = 8\n#### 8"),
+    ("A box holds 4 pens. How many pens are in 2 boxes?", "4 * 2 = 8\n#### 8"),
+    ("Sara had 10 sweets and ate 3. How many are left?", "10 - 3 = 7\n#### 7")]]
+
+
+def _samples(out: Path, task: str) -> list[dict]:
+    (f,) = (out / "lm_eval" / "base").glob(f"samples_{task}_*.jsonl")
+    return sorted((json.loads(x) for x in f.read_text().splitlines()), key=lambda r: r["doc_id"])
+
+
+def test_eval_cli_in_bfloat16_matches_float32_with_and_without_the_prefix_cache(tmp_path):
+    """`rl-statetune eval --dtype bfloat16` end to end on the embedded model: arc_challenge's log-likelihoods
+    (lm-eval's loglikelihood requests) within 2 % (+ 0.05 absolute) of float32's and the same accuracy, and gsm8k's
+    greedy answers (generate_until) identical, with the prefix cache on and off."""
+    data = tmp_path / "data"
+    for split in ("train", "validation", "test"):
+        write(data, "arc_challenge", split, ARC4)
+    for split in ("train", "test"):
+        write(data, "gsm8k", split, GSM3)
+    runs = {}
+    # generate_until does not use the prefix cache: gsm8k runs once per dtype
+    for name, extra in {"float32": ["--tasks", "arc_challenge,gsm8k"],
+                        "bfloat16": ["--tasks", "arc_challenge,gsm8k", "--dtype", "bfloat16"],
+                        "bfloat16-no-cache": ["--tasks", "arc_challenge", "--dtype", "bfloat16",
+                                              "--no-prefix-cache"]}.items():
+        out = tmp_path / name
+        assert cli.main(["--model", "embedded", "--num-fewshot", "0", "--max-new-tokens", "16", "--batch-size", "4",
+                         "--data-dir", str(data), "--out", str(out), "--no-progress", *extra]) == 0
+        report = json.loads((out / "results.json").read_text())["results"]["base"]
+        lls = [float(r[0][0]) for s in _samples(out, "arc_challenge") for r in s["resps"]]
+        answers = ([s["resps"][0][0] for s in _samples(out, "gsm8k") if s["filter"] == "strict-match"]
+                   if "gsm8k" in extra[1] else None)
+        runs[name] = (report["arc_challenge"]["acc"], lls, answers)
+    acc32, ll32, ans32 = runs["float32"]
+    assert len(ll32) == 12 and all(x < 0 for x in ll32) and len(ans32) == 3 and all(len(a) > 5 for a in ans32)
+    for name in ("bfloat16", "bfloat16-no-cache"):
+        acc, lls, answers = runs[name]
+        assert lls == pytest.approx(ll32, rel=0.02, abs=0.05), name
+        assert lls != ll32, name                     # the weights really were bfloat16
+        assert acc == acc32, name
+    assert runs["bfloat16"][2] == ans32

@@ -2,11 +2,14 @@
 
 States (S0, S~0, R) stay float32 and the WKV recurrence accumulates in float32 whatever the weights' dtype.
 Run with ``python -P -m pytest`` (or plain ``pytest``) so that the repository's kernels/ folder does not
-shadow the Hugging Face ``kernels`` package. Tolerances, measured on the embedded reasoning model (L6 C128) for a 70-token prompt:
+shadow the Hugging Face ``kernels`` package. ``RL_STATETUNE_TEST_DEVICE=cuda`` runs the model-level comparisons on
+the GPU (its Triton kernels; ``scripts/gpu_session.sh half``); the command tests stay on the CPU. Tolerances, measured on the embedded reasoning model (L6 C128) for a 70-token prompt:
 logits relative error 0.008 (bfloat16) / 0.001 (float16) -> bounds 0.02 / 0.004; greedy tokens identical.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -14,12 +17,22 @@ import torch.nn.functional as F
 from wkv_inputs import make_inputs, rel_err
 
 from rl_statetune.checkpoint import load_model
-from rl_statetune.hf import RWKV7ForCausalLM  # before lm_eval: see tests/test_hf_model.py
 from rl_statetune.tokenizer import WorldTokenizer
 from rl_statetune.generation import generate
 from rl_statetune.state import TimeState, initial_state_fn
 from rl_statetune.wkv import wkv7
 
+DEVICE = os.environ.get("RL_STATETUNE_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    pytest.skip(f"RL_STATETUNE_TEST_DEVICE={DEVICE} but no CUDA device", allow_module_level=True)
+# the commands (tune, rl, generate, eval) load on the CPU: run them in the default suite only
+cpu_only = pytest.mark.skipif(DEVICE != "cpu", reason=f"a CPU command test (RL_STATETUNE_TEST_DEVICE={DEVICE})")
+try:
+    from rl_statetune.hf import RWKV7ForCausalLM  # before lm_eval: see tests/test_hf_model.py
+except ImportError as e:                          # a GPU image's transformers may lack what the wrapper needs
+    if DEVICE == "cpu":
+        raise
+    RWKV7ForCausalLM, HF_MISSING = None, f"rl_statetune.hf does not import: {e}"
 HALF = [torch.bfloat16, torch.float16]
 LOGIT_TOL = {torch.bfloat16: 0.02, torch.float16: 0.004}
 PROMPT = "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:"
@@ -35,12 +48,12 @@ def name(dt):
 
 @pytest.fixture(scope="module")
 def models():
-    return {dt: load_model("embedded:reason", dtype=name(dt)) for dt in (torch.float32, *HALF)}
+    return {dt: load_model("embedded:reason", dtype=name(dt), device=DEVICE) for dt in (torch.float32, *HALF)}
 
 
 def random_state(cfg, seed=0, scale=0.3):
     g = torch.Generator().manual_seed(seed)
-    return TimeState(cfg, scale * torch.randn(cfg.state_shape(), generator=g))
+    return TimeState(cfg, scale * torch.randn(cfg.state_shape(), generator=g)).to(DEVICE)
 
 
 # -- the recurrence ----------------------------------------------------------------------------------------------
@@ -48,7 +61,7 @@ def random_state(cfg, seed=0, scale=0.3):
 @pytest.mark.parametrize("T", [3, 40], ids=["token-loop", "chunked"])
 def test_wkv_accumulates_in_float32(dtype, T):
     """Half inputs give the float32 result of the same (rounded) inputs: only y's final rounding differs."""
-    r, logw, k, v, a, b, s0 = make_inputs(0, 2, T, 2, 16, 16, dtype=torch.float32)
+    r, logw, k, v, a, b, s0 = (x.to(DEVICE) for x in make_inputs(0, 2, T, 2, 16, 16, dtype=torch.float32))
     half = [x.to(dtype) for x in (r, logw, k, v, a, b)]
     y, s = wkv7(*half, s0=s0)
     y_ref, s_ref = wkv7(*[x.float() for x in half], s0=s0)
@@ -61,8 +74,8 @@ def test_wkv_accumulates_in_float32(dtype, T):
 @pytest.mark.parametrize("dtype", HALF, ids=name)
 def test_logits_and_states_match_float32(models, dtype):
     tok = WorldTokenizer()
-    idx = torch.tensor([tok.encode(PROMPT)])
-    more = torch.tensor([tok.encode(" 8")])
+    idx = torch.tensor([tok.encode(PROMPT)], device=DEVICE)
+    more = torch.tensor([tok.encode(" 8")], device=DEVICE)
     tuned = random_state(models[torch.float32].config)
     got = {}
     for dt in (torch.float32, dtype):
@@ -97,6 +110,7 @@ def test_tuning_gradient_points_the_same_way(models, dtype):
 
     train, _ = load_examples(DataConfig(task="synthetic", target_format="sentence", train_size=8, eval_size=4))
     batch = collate(train[:4], WorldTokenizer(), 96)
+    batch = type(batch)(**{k: v.to(DEVICE) for k, v in vars(batch).items()})
     grads, losses = {}, {}
     for dt in (torch.float32, dtype):
         state = random_state(models[dt].config, seed=1, scale=0.1)
@@ -114,11 +128,11 @@ def test_upscaled_state_and_dbp(models, dtype):
     from rl_statetune.upscale import build_upscaled_state, dbp_step
 
     tok = WorldTokenizer()
-    idx = torch.tensor([tok.encode(PROMPT)] * 2)
+    idx = torch.tensor([tok.encode(PROMPT)] * 2, device=DEVICE)
     out = {}
     for dt in (torch.float32, dtype):
         m = models[dt]
-        up = build_upscaled_state(m, "rbf", 48, support="random", seed=0)
+        up = build_upscaled_state(m, "rbf", 48, support="random", seed=0).to(DEVICE)
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             up.lifted_state.copy_(0.5 * torch.randn(up.lifted_state.shape, generator=g))
@@ -174,11 +188,13 @@ def test_eval_model_takes_a_dtype_argument():
 # -- the Hugging Face wrapper ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_hf_wrapper(dtype):
+    if RWKV7ForCausalLM is None:
+        pytest.skip(HF_MISSING)
     ids = {}
     for dt in (torch.float32, dtype):
-        model = RWKV7ForCausalLM.from_pretrained("embedded:reason", dtype=dt)
+        model = RWKV7ForCausalLM.from_pretrained("embedded:reason", dtype=dt).to(DEVICE)
         model.attach_state(random_state(model.rwkv.config, scale=0.2))
-        enc = torch.tensor([WorldTokenizer().encode(PROMPT)])
+        enc = torch.tensor([WorldTokenizer().encode(PROMPT)], device=DEVICE)
         out = model(input_ids=enc, labels=enc)
         out.loss.backward()
         assert model.tunable.time_state.grad.dtype == torch.float32
@@ -188,6 +204,7 @@ def test_hf_wrapper(dtype):
 
 
 # -- the commands ------------------------------------------------------------------------------------------------
+@cpu_only
 @pytest.mark.parametrize("dtype", ["bfloat16"])
 def test_tune_and_rl_run_with_half_weights(tiny_world_ckpt, tmp_path, dtype):
     from rl_statetune import trainer
@@ -217,6 +234,7 @@ def test_tune_and_rl_run_with_half_weights(tiny_world_ckpt, tmp_path, dtype):
     assert torch.isfinite(load_state(tmp_path / "rl" / "state.pth").time_state).all()
 
 
+@cpu_only
 def test_generate_cli_takes_dtype(capsys):
     from rl_statetune.cli import main as cli_main
 
@@ -231,6 +249,7 @@ def test_generate_cli_takes_dtype(capsys):
     assert "--dtype" in capsys.readouterr().err
 
 
+@cpu_only
 def test_config_accepts_half_dtypes():
     from rl_statetune.config import parse_config
 
