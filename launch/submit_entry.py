@@ -9,10 +9,10 @@ that never come. From a shell, ``python -m launch.submit_entry ARGS`` is ``rl-st
 
 Paths. The job runs in Ray's copy of the working directory, without the git-ignored ``models/`` and ``runs/``
 (launch/runtime_env.yaml), and that copy is gone (or reused by the next job) when the job ends. So the run's
-relative local paths (``train.out_dir``, ``model.path``, ``data.path``, ``upscale.support_path`` and the guide's
-model / tokenizer folders) are resolved against ``--submit-dir``, the submitter's working directory that their
-shell expands in ``"$PWD"``: the guide loads the folder the user built and the run folder lands where the user
-finds it. Inside a job without ``--submit-dir``, a relative local path ends the job at once, in one line naming it
+relative local paths (``train.out_dir``, ``model.path``, ``data.path``, ``upscale.support_path``,
+``train.init_state`` and the guide's model / tokenizer folders) are resolved against ``--submit-dir``, the
+submitter's working directory that their shell expands in ``"$PWD"``: the guide loads the folder the user built
+and the run folder lands where the user finds it. Inside a job without ``--submit-dir``, a relative local path ends the job at once, in one line naming it
 and this fix. Every node must see the submitter's folders (one machine, or a shared file system).
 """
 
@@ -77,7 +77,8 @@ def relative_paths(config: str, sets: list[str], base: Path) -> dict[str, str]:
     path = cfg.model.path
     if not (path == "embedded" or path.startswith("embedded:")) and _local(path, base):
         out["model.path"] = str(base / path)
-    for key, value in (("data.path", cfg.data.path), ("upscale.support_path", cfg.upscale.support_path)):
+    for key, value in (("data.path", cfg.data.path), ("upscale.support_path", cfg.upscale.support_path),
+                       ("train.init_state", cfg.train.init_state)):
         if _local(value, base):
             out[key] = str(base / value)
     return {**out, **_guide_overrides(cfg, base)}

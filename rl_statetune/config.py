@@ -68,6 +68,9 @@ class TrainConfig(Section):
     eval_max_new_tokens: int = Field(32, gt=0)
     on_nonfinite: Literal["error", "skip"] = "error"   # a NaN/inf loss or gradient: stop, or skip that step
     max_skipped_share: float = Field(0.5, ge=0, le=1)  # skip mode: more steps skipped than this -> no state written
+    # start the tunables from a state file (the state.safetensors of a tune / rl run: S0, and S~0, R and the
+    # feature bases of an upscaled one) instead of zero; "before" in the held-out record is then that state's
+    init_state: str | None = None
 
 
 class UpscaleConfig(Section):

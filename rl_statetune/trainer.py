@@ -82,7 +82,7 @@ def _tune(run: RunDir, cfg: TuneConfig, resume: bool, progress: bool, evaluate: 
         loss_val, skipped = saved.get("loss", float("nan")), saved.get("skipped", 0)
         log.info("resumed from %s at step %d", run.path, start)
     else:
-        before = run_held_out(cfg_eval, model, tok, held, None)
+        before = run_held_out(cfg_eval, model, tok, held, state if cfg.train.init_state else None)
         if cfg_eval.train.eval:
             log.info("held-out accuracy before tuning: %.3f (%d examples, %.1f generated tokens per answer)",
                      before.accuracy, len(held), before.mean_tokens)

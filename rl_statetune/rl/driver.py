@@ -176,7 +176,7 @@ def _run_rl(run: RunDir, cfg: RLConfig, progress: bool, guide: Guide | None, ray
         before = HeldOut(saved["acc_before"], saved.get("tokens_before", float("nan")), 0.0)
         log.info("resuming %s at step %d", run.path, start)
     else:
-        before = run_held_out(cfg, model, tok, held, None)
+        before = run_held_out(cfg, model, tok, held, tunable if cfg.train.init_state else None)
     if ray:
         from rl_statetune.rl.ray_executor import RayExecutor
 

@@ -58,7 +58,10 @@ class BatchOrder:
 
 def make_tunable(model: RWKV7, tok, train: list[Example], cfg: RunConfig) -> TimeState:
     """The zero-initialised tunable: a ``TimeState``, or an ``UpscaledState`` when ``upscale.enabled`` (feature
-    maps chosen on the task's training texts, deterministically from ``train.seed``)."""
+    maps chosen on the task's training texts, deterministically from ``train.seed``); with ``train.init_state``
+    the tunable that file holds (``start_tunable``)."""
+    if cfg.train.init_state is not None:
+        return start_tunable(model, cfg)
     if not cfg.upscale.enabled:
         return TimeState(model.config).to(model.emb.weight.device)
     from rl_statetune.support import support_from_config
@@ -67,6 +70,25 @@ def make_tunable(model: RWKV7, tok, train: list[Example], cfg: RunConfig) -> Tim
                                cfg.upscale.support_texts)
     state = UpscaledState(model.config, maps).to(model.emb.weight.device)
     if cfg.dbp.enabled:
+        state.set_recording(cfg.dbp.subsample)
+    return state
+
+
+def start_tunable(model: RWKV7, cfg: RunConfig) -> TimeState:
+    """The tunable in ``train.init_state`` (its feature bases too), checked against ``upscale.enabled``."""
+    from rl_statetune.upscale import load_tunable
+
+    path = cfg.train.init_state
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"train.init_state: no state file at {path} (a tune / rl run's state.safetensors)")
+    state = load_tunable(path, model.config)
+    upscaled = isinstance(state, UpscaledState)
+    if upscaled != cfg.upscale.enabled:
+        raise ValueError(f"train.init_state {path} holds {'an upscaled' if upscaled else 'a plain'} state but "
+                         f"upscale.enabled is {str(cfg.upscale.enabled).lower()}; set it to "
+                         f"{str(upscaled).lower()} (the state.safetensors of an upscaled run carries S~0 and R)")
+    state = state.to(model.emb.weight.device)
+    if upscaled and cfg.dbp.enabled:
         state.set_recording(cfg.dbp.subsample)
     return state
 
