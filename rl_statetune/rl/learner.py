@@ -238,7 +238,7 @@ class Learner:
             v = verifier_rewards(self.check, items, texts, G)
             metrics["verifier_reward"] = float(v.mean())
             if rc.guide_in_group:
-                v_guide = torch.tensor([float(self.check(t, it.answer)) for t, it in zip(g_texts, items)])
+                v_guide = verifier_rewards(self.check, items, g_texts, 1)[:, 0]
                 v_adv = group_verifier_advantages(v, v_guide, torch.tensor([it.accepted for it in items]),
                                                   pc.advantage, pc.normalize_std, self.baseline)
                 metrics.update(guide_group_right=float(v_guide.mean()),

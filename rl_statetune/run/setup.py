@@ -61,21 +61,24 @@ def make_tunable(model: RWKV7, tok, train: list[Example], cfg: RunConfig) -> Tim
     maps chosen on the task's training texts, deterministically from ``train.seed``); with ``train.init_state``
     the tunable that file holds (``start_tunable``)."""
     if cfg.train.init_state is not None:
-        return start_tunable(model, cfg)
-    if not cfg.upscale.enabled:
-        return TimeState(model.config).to(model.emb.weight.device)
-    from rl_statetune.support import support_from_config
+        state = start_tunable(model, cfg)
+    elif not cfg.upscale.enabled:
+        state = TimeState(model.config)
+    else:
+        from rl_statetune.support import support_from_config
 
-    maps = support_from_config(model, tok, [e.prompt + e.target for e in train], cfg.upscale, cfg.train.seed,
-                               cfg.upscale.support_texts)
-    state = UpscaledState(model.config, maps).to(model.emb.weight.device)
-    if cfg.dbp.enabled:
+        maps = support_from_config(model, tok, [e.prompt + e.target for e in train], cfg.upscale, cfg.train.seed,
+                                   cfg.upscale.support_texts)
+        state = UpscaledState(model.config, maps)
+    state = state.to(model.emb.weight.device)
+    if cfg.dbp.enabled:     # dbp needs upscale, and start_tunable checks the file's state is upscaled then
         state.set_recording(cfg.dbp.subsample)
     return state
 
 
 def start_tunable(model: RWKV7, cfg: RunConfig) -> TimeState:
-    """The tunable in ``train.init_state`` (its feature bases too), checked against ``upscale.enabled``."""
+    """The tunable in ``train.init_state`` (its feature bases too, on the CPU), checked against
+    ``upscale.enabled``."""
     from rl_statetune.upscale import load_tunable
 
     path = cfg.train.init_state
@@ -87,9 +90,6 @@ def start_tunable(model: RWKV7, cfg: RunConfig) -> TimeState:
         raise ValueError(f"train.init_state {path} holds {'an upscaled' if upscaled else 'a plain'} state but "
                          f"upscale.enabled is {str(cfg.upscale.enabled).lower()}; set it to "
                          f"{str(upscaled).lower()} (the state.safetensors of an upscaled run carries S~0 and R)")
-    state = state.to(model.emb.weight.device)
-    if upscaled and cfg.dbp.enabled:
-        state.set_recording(cfg.dbp.subsample)
     return state
 
 
