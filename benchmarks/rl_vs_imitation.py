@@ -62,6 +62,12 @@ SELF = {"self_guide": {"header": "Mode: reason\n"}}
 RATIONALES = {"task_rationales": True}
 # a real instruction model, weak at the task (build: python scripts/make_smollm2_guide.py --out models/...)
 SMOLLM2 = {"config": "configs/guides/smollm2_transformers.yaml", "options": {"num_threads": 1}}
+# SmolLM2 shown three solved problems (data seed 99, not a training seed) so that it writes the task's format; its
+# sums stay wrong, so only its opening is worth anything: the group member starts with its first fifth
+FEW_SHOT = ("Answer in the same format as these examples, on one line.\n\n"
+            + "\n\n".join(f"Q: {p.question}\nA:{p.solution('reason').rstrip()}" for p in reasoning_problems(3, 99))
+            + "\n\n{prompt}")
+SMOLLM2_SHOTS = {**SMOLLM2, "cot": {"prompt_template": FEW_SHOT}}
 RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward section)
     "grpo-verifier": ({}, {"terms": {"verifier": 1.0}}),
     "match-rationales": (RATIONALES, {"kind": "match"}),
@@ -74,12 +80,13 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
     "match-smollm2": (SMOLLM2, {"kind": "match"}),
     "grpo+guide-smollm2": (SMOLLM2, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
+    "grpo+prefix-smollm2": (SMOLLM2_SHOTS, {"terms": {"verifier": 1.0}, "guide_in_group": True, "guide_prefix": 0.2}),
 }
 LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/output: 6 x 4 x 2 x 128 x 8 = 49,152
              "lora-usual": (16, "all")}        # numbers, the state's 6 x 2 x 64 x 64; "usual": r 16 on all linears
 ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "lora-matched", "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self",
         "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier", "grpo+guide-self",
-        "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2"]
+        "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2", "grpo+prefix-smollm2"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:

@@ -126,6 +126,12 @@ class RewardConfig(Section):
     # only where positive (a right CoT among wrong answers pulls, a wrong CoT never does) and it vanishes once
     # the learner's own answers are as good as the guide's.
     guide_in_group: bool = False
+    # guide_in_group: the share of the guide's CoT tokens its group member starts with (1.0: the whole CoT, all
+    # teacher-forced). Below 1 the learner samples the rest of that member after the guide's opening (branched
+    # from the guide's prefix, as in BREAD or prefix-guided RL): a weak guide whose steps are wrong can still show
+    # where a right answer starts. The opening's advantage is kept only where positive (it is the guide's text);
+    # the learner's own continuation gets the member's advantage in full.
+    guide_prefix: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _terms(self):
@@ -143,6 +149,9 @@ class RewardConfig(Section):
         if self.guide_in_group and "verifier" not in self.weights:
             raise ValueError("reward.guide_in_group puts the guide's CoT into the verifier's GRPO group; "
                              "add the verifier term, e.g. terms: {verifier: 1.0}")
+        if self.guide_prefix < 1 and not self.guide_in_group:
+            raise ValueError("reward.guide_prefix is the share of the guide's CoT in its GRPO group member; "
+                             "set reward.guide_in_group: true")
         return self
 
     @property

@@ -26,8 +26,10 @@ from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotBatch, CotItem, collate_cots
 from rl_statetune.rl.align import decode_with_spans
 from rl_statetune.rl.outcome import (
+    clip_heads,
     combine,
     group_verifier_advantages,
+    guide_heads,
     guide_rows,
     guide_token_logprobs,
     token_mean_loss,
@@ -205,28 +207,46 @@ class Learner:
             self._stop_mask = stop_token_mask(self.tok, self.model.head.weight.shape[0])
         return self._stop_mask
 
-    def sample_answers(self, items: list[CotItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                             torch.Tensor]:
+    def sample_answers(self, items: list[CotItem], heads: list[list[int]] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """G answers per item from the tuned state: prompt rows (idx, lengths), answer ids and mask, all
-        [N * G, ...] with row ``n * G + g`` prompt ``n``'s ``g``-th answer."""
+        [N * G, ...] with row ``n * G + g`` prompt ``n``'s ``g``-th answer. With ``heads`` (token lists, one per
+        item), N more rows ``N * G + n`` continue prompt ``n`` after ``heads[n]`` (their idx rows hold the prompt
+        and the head, their ids the continuation only), sampled in the same batch."""
         rc = self.cfg.reward
         G = rc.samples
         prompts = [self.tok.encode(it.prompt) for it in items for _ in range(G)]
+        prompts += [self.tok.encode(it.prompt) + h for it, h in zip(items, heads or [])]
         idx, lengths = pad_right(prompts, 0, self.device)
         ids, mask = sample_answers(self.model, self.init_state, idx, lengths,
                                    rc.max_new_tokens or self.cfg.train.eval_max_new_tokens, rc.temperature,
                                    self.stop_mask(), self.generator)
         return idx, lengths, ids, mask
 
+    def guide_members(self, items: list[CotItem], heads: list[list[int]] | None, ids: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[list[list[int]], list[str]]:
+        """The guide's group members as token rows after their prompts and the texts the verifier judges: its whole
+        CoTs, or (``heads``) its openings followed by the learner's sampled continuations ``ids`` / ``mask`` [N, K]
+        (none after an opening that already ends the answer)."""
+        if heads is None:
+            return guide_rows(items, self.tok)
+        stop = self.stop_mask()
+        rows = [h + ([] if stop[h[-1]] else row[m].tolist()) for h, row, m in zip(heads, ids.cpu(), mask.cpu())]
+        return rows, [decode_with_spans(self.tok, r)[0] for r in rows]
+
     def _rollout_loss(self, items: list[CotItem]) -> tuple[torch.Tensor, dict]:
         rc, pc = self.cfg.reward, self.cfg.pg
         terms, G = rc.rollout_terms, rc.samples
-        idx, lengths, ids, mask = self.sample_answers(items)
+        n_own = len(items) * G
+        heads = (guide_heads(guide_rows(items, self.tok)[0], rc.guide_prefix)
+                 if rc.guide_in_group and rc.guide_prefix < 1 else None)
+        idx, lengths, ids, mask = self.sample_answers(items, heads)
+        if rc.guide_in_group:       # the guide's members as rows N * G + n, after the same prompts
+            g_ids, g_texts = self.guide_members(items, heads, ids[n_own:], mask[n_own:])
+        idx, lengths, ids, mask = idx[:n_own], lengths[:n_own], ids[:n_own], mask[:n_own]
         decoded = [decode_with_spans(self.tok, row[m].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
         texts = [t for t, _ in decoded]
-        n_own = ids.shape[0]
-        if rc.guide_in_group:       # the guide's CoTs as rows N * G + n, after the same prompts
-            g_ids, g_texts = guide_rows(items, self.tok)
+        if rc.guide_in_group:
             idx, lengths = torch.cat([idx, idx[::G]]), torch.cat([lengths, lengths[::G]])
             ids, mask = append_rows(ids, mask, g_ids)
         lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature)   # [rows, K], grad
@@ -240,7 +260,8 @@ class Learner:
             if rc.guide_in_group:
                 v_guide = verifier_rewards(self.check, items, g_texts, 1)[:, 0]
                 v_adv = group_verifier_advantages(v, v_guide, torch.tensor([it.accepted for it in items]),
-                                                  pc.advantage, pc.normalize_std, self.baseline)
+                                                  pc.advantage, pc.normalize_std, self.baseline,
+                                                  clip_guide=heads is None)
                 metrics.update(guide_group_right=float(v_guide.mean()),
                                guide_group_adv=float(v_adv[n_own:].mean()))
             else:
@@ -251,8 +272,10 @@ class Learner:
             r_tok = torch.zeros(m.shape)
             r_tok[:n_own] = (g - lp[:n_own].detach().cpu()) * judged * m[:n_own]
             metrics["on_policy_reward"] = float(r_tok.sum() / m[:n_own].sum().clamp_min(1))
-        adv = combine(terms, m, v_adv, r_tok).to(lp.device)
-        return token_mean_loss(lp, adv, mask), metrics
+        adv = combine(terms, m, v_adv, r_tok)
+        if heads is not None:
+            adv = clip_heads(adv, n_own, heads)
+        return token_mean_loss(lp, adv.to(lp.device), mask), metrics
 
     def _rollout_text(self, ids: list[int]) -> str:
         cut = ids.index(self.tok.eos_id) if self.tok.eos_id in ids else len(ids)

@@ -14,7 +14,9 @@ The per-token advantage is the weighted sum of the terms'; the loss is ``-sum_t 
 
 With ``reward.guide_in_group`` the guide's CoT joins its prompt's group as member ``G`` (mixed-policy GRPO, as in
 LUFFY): rows ``N * G + n`` hold the guide's CoT tokens, teacher-forced like the learner's answers; the verifier
-judges it, the group's mean and spread include it, and its own advantage is kept only where positive.
+judges it, the group's mean and spread include it, and its own advantage is kept only where positive. With
+``reward.guide_prefix`` below 1 that member holds only the guide's first tokens (``guide_heads``) and the learner
+samples the rest: the opening keeps the clipped advantage, the learner's continuation gets it in full.
 """
 
 from __future__ import annotations
@@ -44,19 +46,35 @@ def guide_rows(items: Sequence[CotItem], tokenizer) -> tuple[list[list[int]], li
     return [tokenizer.encode(it.cot) for it in items], [it.cot for it in items]
 
 
+def guide_heads(rows: Sequence[Sequence[int]], share: float) -> list[list[int]]:
+    """The first ``share`` of each guide row's tokens (rounded down, at least one token)."""
+    return [list(r[: max(1, int(share * len(r)))]) for r in rows]
+
+
+def clip_heads(adv: torch.Tensor, first_row: int, heads: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``adv`` [rows, K] per-token advantages with the guide's openings (row ``first_row + n``, its first
+    ``len(heads[n])`` tokens) clipped at zero: the guide's own text pulls, never pushes."""
+    adv = adv.clone()
+    for n, h in enumerate(heads):
+        adv[first_row + n, : len(h)] = adv[first_row + n, : len(h)].clamp_min(0)
+    return adv
+
+
 def group_verifier_advantages(v_learner: torch.Tensor, v_guide: torch.Tensor, guide_valid: torch.Tensor,
                               mode: str = "group", normalize_std: bool = True,
-                              baseline: EmaBaseline | None = None) -> torch.Tensor:
+                              baseline: EmaBaseline | None = None, clip_guide: bool = True) -> torch.Tensor:
     """[N * G + N] verifier advantages of the learner's answers (rows ``n * G + g``) then the guide's CoTs
     (rows ``N * G + n``), over groups of ``G + 1``: ``v_learner`` [N, G] and ``v_guide`` [N] are 1 / 0 verdicts;
     a guide CoT with ``guide_valid`` False (rejected by ``guide.cot.verify``) is left out of its group. The guide's
     advantage is clipped at zero: a right CoT among wrong answers pulls the state toward it, a wrong one never
-    pushes (the learner's wrong answers are pushed down by their own advantages)."""
+    pushes (the learner's wrong answers are pushed down by their own advantages). ``clip_guide`` False leaves it
+    whole (where the member is the guide's opening plus the learner's continuation, ``clip_heads`` clips the
+    opening's tokens only)."""
     N, G = v_learner.shape
     r = torch.cat([v_learner, v_guide.reshape(N, 1)], 1)
     valid = torch.cat([torch.ones(N, G, dtype=torch.bool), guide_valid.reshape(N, 1).bool()], 1)
     adv = advantages(r, valid, mode=mode, normalize_std=normalize_std, baseline=baseline)
-    return torch.cat([adv[:, :G].reshape(-1), adv[:, G].clamp_min(0)])
+    return torch.cat([adv[:, :G].reshape(-1), adv[:, G].clamp_min(0) if clip_guide else adv[:, G]])
 
 
 def guide_token_logprobs(guide: Guide, items: Sequence[CotItem], texts: Sequence[str],
