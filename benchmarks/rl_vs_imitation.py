@@ -24,7 +24,10 @@ Rows (same base config, same step budget and batch size; only the reward / guide
 * ``grpo+guide-self`` / ``grpo+guide-rationales``: GRPO with the verifier, the guide's CoT one more member of each
   group (``reward.guide_in_group``; mixed-policy GRPO): no imitation term;
 * ``match-smollm2`` / ``grpo+guide-smollm2``: SmolLM2-135M-Instruct as the guide (``configs/guides/
-  smollm2_transformers.yaml``, in this process), with the old match reward and with the guide in the group.
+  smollm2_transformers.yaml``, in this process), with the old match reward and with the guide in the group;
+* ``grpo+prefix-smollm2``: SmolLM2 shown three solved problems (so it writes the task's format, with wrong
+  sums), only the first fifth of its CoT in the group and the learner writing the rest (``reward.guide_prefix``);
+  ``tune-smollm2``: supervised ``tune`` on the same prompted SmolLM2's greedy CoTs (imitation of that guide).
 
 Held-out problems: ``--fresh-size`` problems from data seed ``--fresh-seed`` (never used in training: training
 uses ``data.seed``, the run's own held-out ``data.seed + 1``), prompted with no header, greedy to the end of the
@@ -49,9 +52,8 @@ from rl_statetune.checkpoint import load_model
 from rl_statetune.config import TuneConfig
 from rl_statetune.data import Example, load_examples
 from rl_statetune.rl.config import RLConfig, load_rl_config
-from rl_statetune.rl.cot import clean_guide_text, make_items
-from rl_statetune.rl.driver import run_rl
-from rl_statetune.rl.self_guide import SelfGuide
+from rl_statetune.rl.cot import clean_guide_text, guide_prompt, make_items
+from rl_statetune.rl.driver import make_local_guide, run_rl
 from rl_statetune.run.heldout import held_out
 from rl_statetune.synthetic import mode_header, reasoning_problems
 from rl_statetune.tokenizer import WorldTokenizer
@@ -82,9 +84,10 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+guide-smollm2": (SMOLLM2, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
     "grpo+prefix-smollm2": (SMOLLM2_SHOTS, {"terms": {"verifier": 1.0}, "guide_in_group": True, "guide_prefix": 0.2}),
 }
+TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS}   # supervised on that guide's greedy CoTs
 LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/output: 6 x 4 x 2 x 128 x 8 = 49,152
              "lora-usual": (16, "all")}        # numbers, the state's 6 x 2 x 64 x 64; "usual": r 16 on all linears
-ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "lora-matched", "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self",
+ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2", "lora-matched", "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self",
         "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier", "grpo+guide-self",
         "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2", "grpo+prefix-smollm2"]
 
@@ -95,16 +98,23 @@ def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
             if p.prompt() not in seen]
 
 
-def self_guide_targets(base: RLConfig, out: Path) -> tuple[Path, int]:
-    """A jsonl task of the training prompts with the self-guide's greedy CoTs as targets (the CoT items' text:
-    join + CoT + suffix), in the synthetic task's order; its one held-out row (jsonl tasks hold some out) is a
-    copy of the first."""
+def guide_targets(base: RLConfig, guide: dict, out: Path) -> tuple[Path, int]:
+    """A jsonl task of the training prompts with a guide's greedy CoTs as targets (the CoT items' text: join + CoT
+    + suffix), in the synthetic task's order; its one held-out row (jsonl tasks hold some out) is a copy of the
+    first. ``guide`` is a row's guide section (the self-guide writes as the RL rows' self-guide does)."""
+    cfg = rl_variant(base, "grpo-verifier", base.train.seed, base.train.steps, out)
+    d = cfg.model_dump(mode="json")
+    d["guide"] = {**{k: v for k, v in guide.items() if k != "cot"},
+                  "cot": {**d["guide"]["cot"], **guide.get("cot", {})}}
+    cfg = RLConfig.model_validate(d)
+    cot = cfg.guide.cot.model_copy(update={"stop": cfg.guide.cot.stop or ["\n"]})
     model = load_model(base.model.path, base.model.dtype, backend=base.model.wkv_backend)
     tok = WorldTokenizer()
-    cot = base.guide.cot.model_copy(update={"stop": base.guide.cot.stop or ["\n"]})
-    guide = SelfGuide(model, tok, SELF["self_guide"]["header"], tuple(cot.stop))
+    writer = make_local_guide(cfg, model, tok, out)
     train, _ = load_examples(base.data)
-    texts = [clean_guide_text(t, cot) for t in guide.generate([e.prompt for e in train], cot.max_tokens, 0.0)]
+    raw = writer.generate([guide_prompt(e.prompt, cot) for e in train], cot.max_tokens, 0.0)
+    texts = [clean_guide_text(t, cot) for t in raw]
+    writer.close()
     rows = [{"prompt": it.prompt, "target": it.cot, "answer": e.answer}
             for e, it in zip(train, make_items(train, texts, cot))]
     path = out.parent / f"{out.name}-targets.jsonl"
@@ -131,12 +141,12 @@ def guide_tokens(run_dir: Path) -> int:
 def run_row(row: str, base: RLConfig, seed: int, steps: int, out: Path) -> tuple[Path | None, float, int]:
     """(state file or None, tuning wall seconds, guide tokens)."""
     t0 = time.time()
-    if row in ("tune-rationales", "tune-self"):
+    if row in ("tune-rationales",) + tuple(TUNE_GUIDES):
         d = base.model_dump(mode="json", include={"model", "data", "optim", "train", "upscale", "dbp"})
         d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
         g_tokens = 0
-        if row == "tune-self":
-            path, g_tokens = self_guide_targets(base, out)
+        if row in TUNE_GUIDES:
+            path, g_tokens = guide_targets(base, TUNE_GUIDES[row], out)
             d["data"] = {"task": "jsonl", "path": str(path), "train_size": base.data.train_size, "eval_size": 1}
         tune(TuneConfig.model_validate(d), progress=False, overwrite=True)
         return out / "state.safetensors", time.time() - t0, g_tokens

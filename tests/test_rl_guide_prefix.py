@@ -128,3 +128,24 @@ def test_guide_prefix_needs_the_guide_in_the_group():
     with pytest.raises(ValueError, match="guide_prefix"):
         RLConfig.model_validate({"reward": {"terms": {"verifier": 1.0}, "guide_in_group": True, "guide_prefix": 0.0},
                                  "guide": {"task_rationales": True}})
+
+
+def test_the_weak_guide_config_loads_and_its_examples_are_right():
+    """configs/rl_weak_guide.yaml: SmolLM2 in the group with its opening only; the solved problems it is shown
+    are right by the task's own check (a wrong example would teach the guide a wrong format or sum)."""
+    from pathlib import Path
+
+    from rl_statetune.rl.config import load_rl_config
+    from rl_statetune.rl.verifier import make_check
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_rl_config(repo / "configs/rl_weak_guide.yaml")
+    assert cfg.reward.guide_in_group and cfg.reward.guide_prefix == 0.2
+    assert (repo / cfg.guide.config).is_file()
+    check = make_check(cfg.data)
+    shots = re.findall(r"Q: .*? What is (.*?)\?\nA: (.*)", cfg.guide.cot.prompt_template)
+    assert len(shots) == 3
+    for expr, answer_line in shots:
+        values = dict(re.findall(r"(\w) = (\d+)", cfg.guide.cot.prompt_template.split(answer_line)[0].split("Q: ")[-1]))
+        want = eval(re.sub(r"[a-z]", lambda m: values[m.group(0)], expr))   # noqa: S307 - digits and +/- only
+        assert check(answer_line, str(want)), answer_line
