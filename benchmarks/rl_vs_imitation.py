@@ -87,8 +87,8 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
 TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS}   # supervised on that guide's greedy CoTs
 LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/output: 6 x 4 x 2 x 128 x 8 = 49,152
              "lora-usual": (16, "all")}        # numbers, the state's 6 x 2 x 64 x 64; "usual": r 16 on all linears
-ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2", "lora-matched", "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self",
-        "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier", "grpo+guide-self",
+ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2", "lora-matched", "lora-usual",
+        "match-rationales", "grpo-verifier", "on-policy-self", "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier", "grpo+guide-self",
         "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2", "grpo+prefix-smollm2"]
 
 
@@ -98,10 +98,16 @@ def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
             if p.prompt() not in seen]
 
 
-def guide_targets(base: RLConfig, guide: dict, out: Path) -> tuple[Path, int]:
+def guide_targets(base: RLConfig, guide: dict, path: Path) -> tuple[Path, int]:
     """A jsonl task of the training prompts with a guide's greedy CoTs as targets (the CoT items' text: join + CoT
     + suffix), in the synthetic task's order; its one held-out row (jsonl tasks hold some out) is a copy of the
-    first. ``guide`` is a row's guide section (the self-guide writes as the RL rows' self-guide does)."""
+    first. ``guide`` is a row's guide section (the self-guide writes as the RL rows' self-guide does). Greedy CoTs
+    do not depend on the seed: a file written before for the same row is read back."""
+    tok = WorldTokenizer()
+    if path.exists():
+        rows = [json.loads(x) for x in path.read_text().splitlines()[1:]]
+        return path, sum(len(tok.encode(r["target"].strip())) for r in rows)
+    out = path.parent / path.name.removesuffix("-targets.jsonl")
     cfg = rl_variant(base, "grpo-verifier", base.train.seed, base.train.steps, out)
     d = cfg.model_dump(mode="json")
     d["guide"] = {**{k: v for k, v in guide.items() if k != "cot"},
@@ -109,7 +115,6 @@ def guide_targets(base: RLConfig, guide: dict, out: Path) -> tuple[Path, int]:
     cfg = RLConfig.model_validate(d)
     cot = cfg.guide.cot.model_copy(update={"stop": cfg.guide.cot.stop or ["\n"]})
     model = load_model(base.model.path, base.model.dtype, backend=base.model.wkv_backend)
-    tok = WorldTokenizer()
     writer = make_local_guide(cfg, model, tok, out)
     train, _ = load_examples(base.data)
     raw = writer.generate([guide_prompt(e.prompt, cot) for e in train], cot.max_tokens, 0.0)
@@ -117,7 +122,6 @@ def guide_targets(base: RLConfig, guide: dict, out: Path) -> tuple[Path, int]:
     writer.close()
     rows = [{"prompt": it.prompt, "target": it.cot, "answer": e.answer}
             for e, it in zip(train, make_items(train, texts, cot))]
-    path = out.parent / f"{out.name}-targets.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:1] + rows))
     return path, sum(len(tok.encode(t)) for t in texts)
@@ -128,7 +132,8 @@ def rl_variant(base: RLConfig, row: str, seed: int, steps: int, out: Path) -> RL
     d = base.model_dump(mode="json")
     cot = {**d["guide"]["cot"], "verify": False, **guide.get("cot", {})}   # the filter only where the row says
     d["guide"] = {**{k: v for k, v in guide.items() if k != "cot"}, "cot": cot}
-    d["reward"] = {**{k: v for k, v in d["reward"].items() if k not in ("kind", "terms", "guide_in_group")}, **reward}
+    own = ("kind", "terms", "guide_in_group", "guide_prefix")     # what a row's reward section decides
+    d["reward"] = {**{k: v for k, v in d["reward"].items() if k not in own}, **reward}
     d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
     return RLConfig.model_validate(d)
 
@@ -146,7 +151,7 @@ def run_row(row: str, base: RLConfig, seed: int, steps: int, out: Path) -> tuple
         d["train"] = {**d["train"], "seed": seed, "steps": steps, "eval": False, "out_dir": str(out)}
         g_tokens = 0
         if row in TUNE_GUIDES:
-            path, g_tokens = guide_targets(base, TUNE_GUIDES[row], out)
+            path, g_tokens = guide_targets(base, TUNE_GUIDES[row], out.parent / f"{row}-targets.jsonl")
             d["data"] = {"task": "jsonl", "path": str(path), "train_size": base.data.train_size, "eval_size": 1}
         tune(TuneConfig.model_validate(d), progress=False, overwrite=True)
         return out / "state.safetensors", time.time() - t0, g_tokens
