@@ -75,3 +75,23 @@ def test_a_missing_or_mismatched_start_is_one_line(tmp_path, capsys, upscaled_ru
                      "--set", "upscale.enabled=true", "--set", f"train.out_dir={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_a_warm_start_that_keeps_learning_R_says_so(tmp_path, caplog):
+    """R's lr (upscale.r_lr) is its own, not scaled by optim.lr: a warm start from an upscaled state with R still
+    learning (by gradient or by DBP) moves every entry of R at the first step; the run says so in one warning."""
+    _, path = first_run(tmp_path, enabled=True, features=16)
+
+    def second(name, **kw):
+        caplog.clear()
+        tune(TuneConfig.model_validate({
+            "model": {"path": "embedded"}, "data": DATA, "optim": STILL, **kw,
+            "train": {"steps": 1, "batch_size": 8, "out_dir": str(tmp_path / name), "eval": False,
+                      "init_state": path}}), progress=False)
+        return [r.getMessage() for r in caplog.records if "R keeps learning" in r.getMessage()]
+
+    (said,) = second("r", upscale={"enabled": True, "features": 16})
+    assert "upscale.r_lr=0.01" in said and "upscale.train_r: false" in said and "DBP" not in said
+    (said,) = second("dbp", upscale={"enabled": True, "features": 16, "train_r": False}, dbp={"enabled": True})
+    assert "by DBP" in said and "upscale.r_lr=" not in said
+    assert second("kept", upscale={"enabled": True, "features": 16, "train_r": False}) == []

@@ -90,6 +90,16 @@ def start_tunable(model: RWKV7, cfg: RunConfig) -> TimeState:
         raise ValueError(f"train.init_state {path} holds {'an upscaled' if upscaled else 'a plain'} state but "
                          f"upscale.enabled is {str(cfg.upscale.enabled).lower()}; set it to "
                          f"{str(upscaled).lower()} (the state.safetensors of an upscaled run carries S~0 and R)")
+    up, moves = cfg.upscale, []
+    if up.train_r:
+        moves.append(f"by gradient at upscale.r_lr={up.r_lr or cfg.optim.lr} (R's own peak lr, not scaled by optim.lr)")
+    if cfg.dbp.enabled:
+        moves.append("by DBP")
+    if upscaled and moves:
+        log.warning("train.init_state: the file's R keeps learning %s; the first Adam step moves every entry of R "
+                    "by its lr and can undo the tuned state (one step at r_lr 0.01 took one from 0.94 to 0.76 "
+                    "held-out). To keep R as tuned: upscale.train_r: false and dbp.enabled: false",
+                    " and ".join(moves))
     return state
 
 
