@@ -82,14 +82,16 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
     "match-smollm2": (SMOLLM2, {"kind": "match"}),
     "grpo+guide-smollm2": (SMOLLM2, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
-    "grpo+prefix-smollm2": (SMOLLM2_SHOTS, {"terms": {"verifier": 1.0}, "guide_in_group": True, "guide_prefix": 0.2}),
+    "grpo+prefix-smollm2": (SMOLLM2_SHOTS, {"terms": {"verifier": 1.0}, "guide_in_group": True,
+                                            "guide_prefix": 0.2}),
 }
 TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS}   # supervised on that guide's greedy CoTs
 LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/output: 6 x 4 x 2 x 128 x 8 = 49,152
              "lora-usual": (16, "all")}        # numbers, the state's 6 x 2 x 64 x 64; "usual": r 16 on all linears
 ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2", "lora-matched", "lora-usual",
-        "match-rationales", "grpo-verifier", "on-policy-self", "rejection-self", "on-policy+verifier", "match-self", "rejection-self+verifier", "grpo+guide-self",
-        "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2", "grpo+prefix-smollm2"]
+        "match-rationales", "grpo-verifier", "on-policy-self", "rejection-self", "on-policy+verifier", "match-self",
+        "rejection-self+verifier", "grpo+guide-self", "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2",
+        "grpo+prefix-smollm2"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
@@ -108,11 +110,7 @@ def guide_targets(base: RLConfig, guide: dict, path: Path) -> tuple[Path, int]:
         rows = [json.loads(x) for x in path.read_text().splitlines()[1:]]
         return path, sum(len(tok.encode(r["target"].strip())) for r in rows)
     out = path.parent / path.name.removesuffix("-targets.jsonl")
-    cfg = rl_variant(base, "grpo-verifier", base.train.seed, base.train.steps, out)
-    d = cfg.model_dump(mode="json")
-    d["guide"] = {**{k: v for k, v in guide.items() if k != "cot"},
-                  "cot": {**d["guide"]["cot"], **guide.get("cot", {})}}
-    cfg = RLConfig.model_validate(d)
+    cfg = variant(base, guide, {"terms": {"verifier": 1.0}}, base.train.seed, base.train.steps, out)
     cot = cfg.guide.cot.model_copy(update={"stop": cfg.guide.cot.stop or ["\n"]})
     model = load_model(base.model.path, base.model.dtype, backend=base.model.wkv_backend)
     writer = make_local_guide(cfg, model, tok, out)
@@ -128,7 +126,11 @@ def guide_targets(base: RLConfig, guide: dict, path: Path) -> tuple[Path, int]:
 
 
 def rl_variant(base: RLConfig, row: str, seed: int, steps: int, out: Path) -> RLConfig:
-    guide, reward = RL_ROWS[row]
+    return variant(base, *RL_ROWS[row], seed, steps, out)
+
+
+def variant(base: RLConfig, guide: dict, reward: dict, seed: int, steps: int, out: Path) -> RLConfig:
+    """``base`` with a row's guide and reward sections, seed, step budget and folder (no held-out pass)."""
     d = base.model_dump(mode="json")
     cot = {**d["guide"]["cot"], "verify": False, **guide.get("cot", {})}   # the filter only where the row says
     d["guide"] = {**{k: v for k, v in guide.items() if k != "cot"}, "cot": cot}
