@@ -92,7 +92,8 @@ def start_tunable(model: RWKV7, cfg: RunConfig) -> TimeState:
                          f"{str(upscaled).lower()} (the state.safetensors of an upscaled run carries S~0 and R)")
     up, moves = cfg.upscale, []
     if up.train_r:
-        moves.append(f"by gradient at upscale.r_lr={up.r_lr or cfg.optim.lr} (R's own peak lr, not scaled by optim.lr)")
+        moves.append(f"by gradient at upscale.r_lr={up.r_lr} (R's own peak lr, not scaled by optim.lr)"
+                     if up.r_lr is not None else f"by gradient at the state's lr (optim.lr={cfg.optim.lr})")
     if cfg.dbp.enabled:
         moves.append("by DBP")
     if upscaled and moves:
