@@ -71,7 +71,9 @@ class NonFiniteLogits(ValueError):
 
 
 def check_finite(logits: torch.Tensor, what: str = "the model's logits") -> None:
-    if not bool(torch.isfinite(logits).all()):
+    # the sum is finite unless an entry is not (or it overflows, which the exact check below then clears): one
+    # reduction instead of an element-wise pass, which cost 4 ms per decode step at a 65k vocabulary
+    if not bool(torch.isfinite(logits.sum())) and not bool(torch.isfinite(logits).all()):
         raise NonFiniteLogits(f"NaN or inf in {what} (a diverged state or model)")
 
 

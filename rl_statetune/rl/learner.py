@@ -20,6 +20,7 @@ from collections import Counter
 import torch
 from rl_statetune_guides import Guide
 
+from rl_statetune.generation import draw
 from rl_statetune.lm import NonFiniteLogits, check_finite, pad_right
 from rl_statetune.model import RWKV7
 from rl_statetune.rl.config import RLConfig
@@ -103,7 +104,7 @@ class Learner:
 
     def sample_actions(self, logp: torch.Tensor, samples: int) -> torch.Tensor:
         check_finite(logp, "the learner's policy distribution")   # torch.multinomial would only say "invalid"
-        return torch.multinomial(logp.detach().exp(), samples, replacement=True, generator=self.generator)
+        return draw(logp.detach().exp(), samples, self.generator)
 
     def scored_rows(self, n_positions: int) -> torch.Tensor | None:
         """The positions whose actions get a reward this step: all (None), or ``reward.scored_positions`` of them
@@ -249,7 +250,7 @@ class Learner:
         if rc.guide_in_group:
             idx, lengths = torch.cat([idx, idx[::G]]), torch.cat([lengths, lengths[::G]])
             ids, mask = append_rows(ids, mask, g_ids)
-        lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature)   # [rows, K], grad
+        lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature, mask)   # [rows, K]
         m = mask.cpu()
         metrics: dict = {"rollout_tokens": int(m.sum()) + int(lengths.sum()),
                          "answer_tokens": float(m[:n_own].sum(1).float().mean())}

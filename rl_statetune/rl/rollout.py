@@ -31,8 +31,8 @@ def rollout_mask(rollouts: torch.Tensor, eos_id: int = 0) -> torch.Tensor:
 def sequence_logprobs(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends: torch.Tensor,
                       rollouts: torch.Tensor, temperature: float, eos_id: int = 0) -> torch.Tensor:
     """[N] log-probability of each rollout after its prefix (with gradient to the initial state)."""
-    lp = token_logprobs(model, init_state, idx, ends, rollouts, temperature)
-    return (lp * rollout_mask(rollouts, eos_id)).sum(1)
+    keep = rollout_mask(rollouts, eos_id)
+    return (token_logprobs(model, init_state, idx, ends, rollouts, temperature, keep) * keep).sum(1)
 
 
 def stop_token_mask(tokenizer, vocab_size: int, stop: str = "\n") -> torch.Tensor:
@@ -60,24 +60,27 @@ def sample_answers(model: RWKV7, init_state: InitState, idx: torch.Tensor, lengt
     logits, state = model(idx, init_state(N), lengths=lengths)
     last = logits[torch.arange(N), lengths - 1]
     stop_mask = stop_mask.to(idx.device)
-    done = torch.zeros(N, dtype=torch.bool, device=idx.device)
-    ids, masks = [], []
+    live = torch.arange(N, device=idx.device)     # the rows still writing; finished ones leave the batch
+    ids = torch.zeros(N, max_new_tokens, dtype=torch.long, device=idx.device)
+    masks = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=idx.device)
     for i in range(max_new_tokens):
         check_finite(last, "the learner's sampling logits")
         nxt = sample(last, temperature, 1.0, generator)
-        masks.append(~done)
-        ids.append(torch.where(done, torch.zeros_like(nxt), nxt))
-        done = done | stop_mask[nxt]
-        if bool(done.all()) or i + 1 == max_new_tokens:
+        ids[live, i], masks[live, i] = nxt, True
+        going = ~stop_mask[nxt]
+        if not bool(going.any()) or i + 1 == max_new_tokens:
             break
+        if not bool(going.all()):
+            state, live, nxt = state.select(going.nonzero()[:, 0]), live[going], nxt[going]
         last, state = decode_one(model, nxt, state)
-    return torch.stack(ids, 1), torch.stack(masks, 1)
+    return ids[:, : i + 1], masks[:, : i + 1]
 
 
 def token_logprobs(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends: torch.Tensor,
-                   rollouts: torch.Tensor, temperature: float) -> torch.Tensor:
+                   rollouts: torch.Tensor, temperature: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     """[N, k] log-probability of each rollout token after its prefix ``idx[n, :ends[n]]``, in one teacher-forced
-    forward with gradient into the tunables (through ``init_state``)."""
+    forward with gradient into the tunables (through ``init_state``). With ``mask`` [N, k] the head runs on the
+    masked tokens only (the others read 0): at a 65k vocabulary the head and its softmax are most of the cost."""
     N, k = rollouts.shape
     T = int(ends.max()) + k
     rows = torch.zeros(N, T, dtype=torch.long, device=idx.device)
@@ -88,8 +91,10 @@ def token_logprobs(model: RWKV7, init_state: InitState, idx: torch.Tensor, ends:
     hidden, _ = model.hidden(rows, init_state(N), lengths=ends + k)
     pos = (ends - 1)[:, None] + torch.arange(k, device=idx.device)[None]       # [N, k] predicting positions
     h = hidden[torch.arange(N, device=idx.device)[:, None], pos]               # [N, k, C]
-    logp = torch.log_softmax(model.head(h).float() / temperature, dim=-1)
-    return logp.gather(-1, rollouts[..., None])[..., 0]
+    keep = torch.ones(N, k, dtype=torch.bool, device=idx.device) if mask is None else mask.to(idx.device)
+    logits = model.head(h[keep]).float() / temperature                        # [P, V]
+    picked = logits.gather(-1, rollouts[keep][:, None])[:, 0] - torch.logsumexp(logits, -1)
+    return torch.zeros(N, k, dtype=picked.dtype, device=idx.device).masked_scatter(keep, picked)
 
 
 def append_rows(ids: torch.Tensor, mask: torch.Tensor, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
