@@ -27,7 +27,10 @@ Rows (same base config, same step budget and batch size; only the reward / guide
   smollm2_transformers.yaml``, in this process), with the old match reward and with the guide in the group;
 * ``grpo+prefix-smollm2``: SmolLM2 shown three solved problems (so it writes the task's format, with wrong
   sums), only the first fifth of its CoT in the group and the learner writing the rest (``reward.guide_prefix``);
-  ``tune-smollm2``: supervised ``tune`` on the same prompted SmolLM2's greedy CoTs (imitation of that guide).
+  ``tune-smollm2``: supervised ``tune`` on the same prompted SmolLM2's greedy CoTs (imitation of that guide);
+* ``grpo+guide-taskguide`` / ``grpo+prefix-taskguide`` / ``tune-taskguide``: the same three with the project's task
+  guide (``scripts/make_task_guide.py``, a 7.3M-parameter transformers model trained on the task; right on ~37%
+  of the problems), its whole CoT or its first fifth in the group, or imitated.
 
 Held-out problems: ``--fresh-size`` problems from data seed ``--fresh-seed`` (never used in training: training
 uses ``data.seed``, the run's own held-out ``data.seed + 1``), prompted with no header, greedy to the end of the
@@ -70,6 +73,8 @@ FEW_SHOT = ("Answer in the same format as these examples, on one line.\n\n"
             + "\n\n".join(f"Q: {p.question}\nA:{p.solution('reason').rstrip()}" for p in reasoning_problems(3, 99))
             + "\n\n{prompt}")
 SMOLLM2_SHOTS = {**SMOLLM2, "cot": {"prompt_template": FEW_SHOT}}
+# the project's task guide, trained on the task's documents (build: scripts/make_task_guide.py, both stages)
+TASK_GUIDE = {"config": "configs/guides/task_guide_transformers.yaml", "options": {"num_threads": 1}}
 RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward section)
     "grpo-verifier": ({}, {"terms": {"verifier": 1.0}}),
     "match-rationales": (RATIONALES, {"kind": "match"}),
@@ -84,14 +89,18 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+guide-smollm2": (SMOLLM2, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
     "grpo+prefix-smollm2": (SMOLLM2_SHOTS, {"terms": {"verifier": 1.0}, "guide_in_group": True,
                                             "guide_prefix": 0.2}),
+    "grpo+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
+    "grpo+prefix-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0}, "guide_in_group": True,
+                                           "guide_prefix": 0.2}),
 }
-TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS}   # supervised on that guide's greedy CoTs
+TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS, "tune-taskguide": TASK_GUIDE}   # supervised on that guide's greedy CoTs
 LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/output: 6 x 4 x 2 x 128 x 8 = 49,152
              "lora-usual": (16, "all")}        # numbers, the state's 6 x 2 x 64 x 64; "usual": r 16 on all linears
-ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2", "lora-matched", "lora-usual",
+ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2", "tune-taskguide", "lora-matched",
+        "lora-usual",
         "match-rationales", "grpo-verifier", "on-policy-self", "rejection-self", "on-policy+verifier", "match-self",
         "rejection-self+verifier", "grpo+guide-self", "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2",
-        "grpo+prefix-smollm2"]
+        "grpo+prefix-smollm2", "grpo+guide-taskguide", "grpo+prefix-taskguide"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
