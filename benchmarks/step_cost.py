@@ -58,7 +58,7 @@ def write_model(shape: str, path: str) -> None:
 
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "rl_cpu_demo.yaml")
-ROLLOUT = ["reward.terms={verifier: 1.0}", "reward.samples=4", "reward.max_new_tokens=48"]
+ROLLOUT = ["reward.kind=null", "reward.terms={verifier: 1.0}", "reward.samples=4", "reward.max_new_tokens=48"]
 ROWS = ("tune", "rl", "rollout", "eval")
 
 
