@@ -20,7 +20,6 @@ from collections import Counter
 import torch
 from rl_statetune_guides import Guide
 
-from rl_statetune.generation import draw
 from rl_statetune.lm import NonFiniteLogits, check_finite, pad_right
 from rl_statetune.model import RWKV7
 from rl_statetune.rl.config import RLConfig
@@ -104,7 +103,7 @@ class Learner:
 
     def sample_actions(self, logp: torch.Tensor, samples: int) -> torch.Tensor:
         check_finite(logp, "the learner's policy distribution")   # torch.multinomial would only say "invalid"
-        return draw(logp.detach().exp(), samples, self.generator)
+        return torch.multinomial(logp.detach().exp(), samples, replacement=True, generator=self.generator)
 
     def scored_rows(self, n_positions: int) -> torch.Tensor | None:
         """The positions whose actions get a reward this step: all (None), or ``reward.scored_positions`` of them
