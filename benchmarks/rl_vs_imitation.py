@@ -93,14 +93,14 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+prefix-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0}, "guide_in_group": True,
                                            "guide_prefix": 0.2}),
 }
-TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS, "tune-taskguide": TASK_GUIDE}   # supervised on that guide's greedy CoTs
+# supervised on that guide's greedy CoTs
+TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS, "tune-taskguide": TASK_GUIDE}
 LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/output: 6 x 4 x 2 x 128 x 8 = 49,152
              "lora-usual": (16, "all")}        # numbers, the state's 6 x 2 x 64 x 64; "usual": r 16 on all linears
 ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2", "tune-taskguide", "lora-matched",
-        "lora-usual",
-        "match-rationales", "grpo-verifier", "on-policy-self", "rejection-self", "on-policy+verifier", "match-self",
-        "rejection-self+verifier", "grpo+guide-self", "grpo+guide-rationales", "match-smollm2", "grpo+guide-smollm2",
-        "grpo+prefix-smollm2", "grpo+guide-taskguide", "grpo+prefix-taskguide"]
+        "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self", "rejection-self", "on-policy+verifier",
+        "match-self", "rejection-self+verifier", "grpo+guide-self", "grpo+guide-rationales", "match-smollm2",
+        "grpo+guide-smollm2", "grpo+prefix-smollm2", "grpo+guide-taskguide", "grpo+prefix-taskguide"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:
