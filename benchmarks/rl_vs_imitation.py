@@ -247,7 +247,9 @@ def merged_lora(model_path: str, adapter_dir: Path):
     return peft_model.merge_and_unload().rwkv.eval()
 
 
-def mean_sd(xs: list[float], fmt: str) -> str:
+def mean_sd(xs: list[float | None], fmt: str) -> str:
+    if any(x is None for x in xs):     # not recorded (a run resumed by hand)
+        return "-"
     m = statistics.fmean(xs)
     return (fmt % m) + (" ± " + fmt % statistics.stdev(xs) if len(xs) > 1 else "")
 
