@@ -1,4 +1,5 @@
-"""The rollouts' teacher-forced log-probabilities against the recurrent decode, token by token, in float64."""
+"""The rollouts' teacher-forced log-probabilities against the recurrent decode, token by token (a float64 model;
+the log-softmax over the head is float32, as in training), and the batched sampler against each row alone."""
 
 from __future__ import annotations
 
