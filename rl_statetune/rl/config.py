@@ -176,7 +176,9 @@ class RewardConfig(Section):
 class PGConfig(Section):
     """Policy gradient on the initial state only."""
 
-    advantage: Literal["group", "batch", "ema"] = "group"   # group = GRPO (per position, over samples)
+    # group = GRPO (per position, over samples); greedy = ReMax: the baseline is the verifier's verdict on the
+    # learner's own greedy answer to the prompt (the verifier term only; one greedy answer per prompt per step)
+    advantage: Literal["group", "batch", "ema", "greedy"] = "group"
     normalize_std: bool = True
     ema_decay: float = Field(0.9, ge=0, lt=1)
     l2: float = Field(0.0, ge=0)               # penalty l2 * mean(S0^2): keeps the state near the frozen model
@@ -219,6 +221,10 @@ class RLConfig(RunConfig):
                                   "reward.guide_in_group" if r.guide_in_group else "guide.cot.verify")
             raise ValueError(f"{what} needs a guide: set guide.config, guide.inline, guide.task_rationales or "
                              "guide.self_guide (only reward.terms: {verifier: w} runs without one)")
+        if self.pg.advantage == "greedy" and ("verifier" not in r.weights or r.cot_term is not None):
+            raise ValueError("pg.advantage: greedy takes the verifier's verdict on the learner's greedy answer as "
+                             "the baseline; it needs reward.terms with the verifier and no CoT term "
+                             f"(got {r.weights})")
         if g.cot.verify and r.cot_term is None and not r.guide_in_group:
             raise ValueError("guide.cot.verify filters the guide's CoTs for a CoT term (match, guide_logprob, "
                              "reverse_kl, multistep) or reward.guide_in_group; reward.terms has neither")

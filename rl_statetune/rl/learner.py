@@ -223,6 +223,15 @@ class Learner:
                                    self.stop_mask(), self.generator)
         return idx, lengths, ids, mask
 
+    def greedy_rewards(self, items: list[CotItem]) -> torch.Tensor:
+        """[N] the verifier's verdicts on the learner's greedy answer to each item (``pg.advantage: greedy``)."""
+        idx, lengths = pad_right([self.tok.encode(it.prompt) for it in items], 0, self.device)
+        ids, mask = sample_answers(self.model, self.init_state, idx, lengths,
+                                   self.cfg.reward.max_new_tokens or self.cfg.train.eval_max_new_tokens, 0.0,
+                                   self.stop_mask())
+        texts = [decode_with_spans(self.tok, row[m].tolist())[0] for row, m in zip(ids.cpu(), mask.cpu())]
+        return verifier_rewards(self.check, items, texts, 1)[:, 0]
+
     def guide_members(self, items: list[CotItem], heads: list[list[int]] | None, ids: torch.Tensor,
                       mask: torch.Tensor) -> tuple[list[list[int]], list[str]]:
         """The guide's group members as token rows after their prompts and the texts the verifier judges: its whole
@@ -257,15 +266,19 @@ class Learner:
         if "verifier" in terms:
             v = verifier_rewards(self.check, items, texts, G)
             metrics["verifier_reward"] = float(v.mean())
+            greedy = self.greedy_rewards(items) if pc.advantage == "greedy" else None
+            if greedy is not None:
+                metrics["greedy_reward"] = float(greedy.mean())
             if rc.guide_in_group:
                 v_guide = verifier_rewards(self.check, items, g_texts, 1)[:, 0]
                 v_adv = group_verifier_advantages(v, v_guide, torch.tensor([it.accepted for it in items]),
                                                   pc.advantage, pc.normalize_std, self.baseline,
-                                                  clip_guide=heads is None)
+                                                  clip_guide=heads is None, greedy=greedy)
                 metrics.update(guide_group_right=float(v_guide.mean()),
                                guide_group_adv=float(v_adv[n_own:].mean()))
             else:
-                v_adv = advantages(v, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline)
+                v_adv = advantages(v, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline,
+                                   greedy=greedy)
         if "on_policy" in terms:    # the learner's own answers only (the guide's rows get no token reward)
             g, judged = guide_token_logprobs(self.guide, items, texts, [s for _, s in decoded], G, ids.shape[1],
                                              rc.floor_logprob)

@@ -62,18 +62,20 @@ def clip_heads(adv: torch.Tensor, first_row: int, heads: Sequence[Sequence[int]]
 
 def group_verifier_advantages(v_learner: torch.Tensor, v_guide: torch.Tensor, guide_valid: torch.Tensor,
                               mode: str = "group", normalize_std: bool = True,
-                              baseline: EmaBaseline | None = None, clip_guide: bool = True) -> torch.Tensor:
+                              baseline: EmaBaseline | None = None, clip_guide: bool = True,
+                              greedy: torch.Tensor | None = None) -> torch.Tensor:
     """[N * G + N] verifier advantages of the learner's answers (rows ``n * G + g``) then the guide's CoTs
     (rows ``N * G + n``), over groups of ``G + 1``: ``v_learner`` [N, G] and ``v_guide`` [N] are 1 / 0 verdicts;
     a guide CoT with ``guide_valid`` False (rejected by ``guide.cot.verify``) is left out of its group. The guide's
     advantage is clipped at zero: a right CoT among wrong answers pulls the state toward it, a wrong one never
     pushes (the learner's wrong answers are pushed down by their own advantages). ``clip_guide`` False leaves it
     whole (where the member is the guide's opening plus the learner's continuation, ``clip_heads`` clips the
-    opening's tokens only)."""
+    opening's tokens only). ``greedy`` [N]: the verdicts on the learner's greedy answers, mode ``greedy``'s
+    baseline (the guide's member then pulls only where the learner's greedy answer is wrong)."""
     N, G = v_learner.shape
     r = torch.cat([v_learner, v_guide.reshape(N, 1)], 1)
     valid = torch.cat([torch.ones(N, G, dtype=torch.bool), guide_valid.reshape(N, 1).bool()], 1)
-    adv = advantages(r, valid, mode=mode, normalize_std=normalize_std, baseline=baseline)
+    adv = advantages(r, valid, mode=mode, normalize_std=normalize_std, baseline=baseline, greedy=greedy)
     return torch.cat([adv[:, :G].reshape(-1), adv[:, G].clamp_min(0) if clip_guide else adv[:, G]])
 
 

@@ -7,8 +7,13 @@ each. The estimator is ``grad J ~= mean_{n,g} A_ng * grad log pi(a_ng | context_
 * ``group``: ``A = r - mean_g(r)`` per context (GRPO; needs G > 1),
 * ``batch``: ``A = r - mean(r)`` over the whole batch,
 * ``ema``:   ``A = r - b`` with ``b`` a running mean of past batch rewards,
+* ``greedy``: ``A = r - r_greedy`` per context, the baseline being the reward of the policy's own greedy action
+  there (ReMax, Li et al. 2023; verl's ``remax``). It is the policy's greedy answers that are scored, so a sample
+  earns credit only where it beats them: a right sample where the greedy answer is wrong pulls, a wrong one where
+  it is right pushes, and a context whose samples all agree with the greedy answer carries no signal,
 
-each optionally divided by the standard deviation of the same set (``normalize_std``).
+each optionally divided by the standard deviation of the same set (``normalize_std``; for ``greedy`` the context's
+rewards with the greedy one among them).
 """
 
 from __future__ import annotations
@@ -33,12 +38,23 @@ class EmaBaseline:
 
 
 def advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, mode: str = "group",
-               normalize_std: bool = True, baseline: EmaBaseline | None = None) -> torch.Tensor:
-    """[N, G] rewards -> [N, G] advantages (zero where ``valid`` is False)."""
+               normalize_std: bool = True, baseline: EmaBaseline | None = None,
+               greedy: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, G] rewards -> [N, G] advantages (zero where ``valid`` is False). ``greedy`` [N]: mode ``greedy``'s
+    baseline, the reward of each context's greedy action."""
     r = rewards.float()
     v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.bool()
     w = v.float()
-    if mode == "group":
+    if mode == "greedy":
+        if greedy is None:
+            raise ValueError("mode 'greedy' needs the reward of each context's greedy action")
+        ref = greedy.float().reshape(-1, 1)
+        both, w_both = torch.cat([r, ref], 1), torch.cat([w, torch.ones_like(ref)], 1)
+        n = w_both.sum(1, keepdim=True)
+        mean = (both * w_both).sum(1, keepdim=True) / n
+        std = ((((both - mean) * w_both) ** 2).sum(1, keepdim=True) / (n - 1)).sqrt()
+        centred = (r - ref) * w
+    elif mode == "group":
         if r.shape[1] < 2:
             raise ValueError("group advantages need at least 2 samples per context (reward.samples >= 2)")
         n = w.sum(1, keepdim=True).clamp_min(1)
@@ -57,7 +73,7 @@ def advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, mode: s
         centred = (r - mean) * w
         std = (((r - batch_mean) * w) ** 2).sum().div((n - 1).clamp_min(1)).sqrt()
     else:
-        raise ValueError(f"unknown advantage mode {mode!r}; use group, batch or ema")
+        raise ValueError(f"unknown advantage mode {mode!r}; use group, batch, ema or greedy")
     return centred / (std + EPS) if normalize_std else centred
 
 
