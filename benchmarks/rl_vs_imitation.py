@@ -92,6 +92,10 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
     "grpo+prefix-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0}, "guide_in_group": True,
                                            "guide_prefix": 0.2}),
+    "grpo+steps": ({}, {"terms": {"verifier": 1.0, "steps": 1.0}}),
+    "grpo+steps+guide-self": (SELF, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
+    "grpo+steps+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
+    "grpo+steps+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
 }
 # supervised on that guide's greedy CoTs
 TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS, "tune-taskguide": TASK_GUIDE}
@@ -100,7 +104,8 @@ LORA_ROWS = {"lora-matched": (8, "attention"),   # r 8 on receptance/key/value/o
 ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2", "tune-taskguide", "lora-matched",
         "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self", "rejection-self", "on-policy+verifier",
         "match-self", "rejection-self+verifier", "grpo+guide-self", "grpo+guide-rationales", "match-smollm2",
-        "grpo+guide-smollm2", "grpo+prefix-smollm2", "grpo+guide-taskguide", "grpo+prefix-taskguide"]
+        "grpo+guide-smollm2", "grpo+prefix-smollm2", "grpo+guide-taskguide", "grpo+prefix-taskguide", "grpo+steps",
+        "grpo+steps+guide-self", "grpo+steps+guide-rationales", "grpo+steps+guide-taskguide"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:

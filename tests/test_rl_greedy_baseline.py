@@ -77,12 +77,15 @@ def test_the_baseline_judges_the_greedy_answers_the_evaluation_writes(tmp_path):
     assert 0 < int(want.sum()) < len(train), want     # both verdicts occur, so a wrong pairing would show
 
 
-def test_each_prompts_answers_are_measured_against_its_own_greedy_answer(tmp_path, monkeypatch):
-    """Every sampled answer passes; the greedy answers of the even prompts are called right, of the odd wrong:
-    the even prompts' answers must get advantage 0, the odd ones' +1 (fails when the verdicts are paired with
-    another prompt's)."""
-    cfg = cfg_for(tmp_path, normalize_std=False)
-    monkeypatch.setattr("rl_statetune.rl.learner.make_check", lambda data: lambda text, answer: True)
+@pytest.mark.parametrize("passes, negative_weight", [(True, 1.0), (False, 1.0), (False, 0.5)])
+def test_each_prompts_answers_are_measured_against_its_own_greedy_answer(tmp_path, monkeypatch, passes,
+                                                                         negative_weight):
+    """Every sampled answer passes (or every one fails); the greedy answers of prompts 0 and 2 are called right, of
+    the others wrong: each answer's advantage must be its verdict minus its own prompt's greedy verdict, the
+    negative ones times ``pg.negative_weight`` (fails when the verdicts are paired with another prompt's, or the
+    weight is not applied)."""
+    cfg = cfg_for(tmp_path, normalize_std=False, negative_weight=negative_weight)
+    monkeypatch.setattr("rl_statetune.rl.learner.make_check", lambda data: lambda text, answer: passes)
     greedy = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
     monkeypatch.setattr(Learner, "greedy_rewards", lambda self, items: greedy[: len(items)])
     seen = {}
@@ -97,8 +100,11 @@ def test_each_prompts_answers_are_measured_against_its_own_greedy_answer(tmp_pat
     items = [CotItem(e.prompt, e.prompt, "", answer=e.answer) for e in train[:6]]
     _, m = learner.loss(items)
     G = cfg.reward.samples
-    per_answer = seen["adv"].max(1).values.view(6, G)     # the answer's advantage sits on its every token
-    torch.testing.assert_close(per_answer, (1 - greedy)[:, None].expand(6, G))
+    adv = seen["adv"]
+    per_answer = torch.where(adv.abs().amax(1) > 0, adv.sum(1) / (adv != 0).sum(1).clamp_min(1), 0).view(6, G)
+    want = float(passes) - greedy
+    want = torch.where(want < 0, want * negative_weight, want)
+    torch.testing.assert_close(per_answer, want[:, None].expand(6, G))   # the same on each of an answer's tokens
     assert m["greedy_reward"] == float(greedy.mean())
 
 

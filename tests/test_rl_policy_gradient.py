@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_statetune.rl.policy_gradient import EmaBaseline, advantages, l2_penalty, pg_loss
+from rl_statetune.rl.policy_gradient import EmaBaseline, advantages, l2_penalty, pg_loss, weigh_negatives
 
 
 def test_group_advantages_are_per_context_and_normalised():
@@ -62,3 +62,10 @@ def test_pg_loss_masks_and_l2_penalty():
     assert float(pg_loss(lp, adv, torch.tensor([[True, False]]))) == 1.0
     s = torch.full((2, 3), 2.0)
     assert float(l2_penalty(s, 0.5)) == 2.0 and float(l2_penalty(s, 0.0)) == 0.0
+
+
+def test_negative_advantages_are_weighed():
+    a = torch.tensor([[1.5, -0.5, 0.0], [-2.0, 1.0, 1.0]])
+    torch.testing.assert_close(weigh_negatives(a, 0.0), torch.tensor([[1.5, 0.0, 0.0], [0.0, 1.0, 1.0]]))
+    torch.testing.assert_close(weigh_negatives(a, 0.25), torch.tensor([[1.5, -0.125, 0.0], [-0.5, 1.0, 1.0]]))
+    assert weigh_negatives(a, 1.0) is a

@@ -93,7 +93,7 @@ class GuideSection(Section):
 
 
 COT_TERMS = ("match", "guide_logprob", "reverse_kl", "multistep")   # rewards on the guide's CoT positions
-ROLLOUT_TERMS = ("verifier", "on_policy")   # rewards on the learner's own sampled answers
+ROLLOUT_TERMS = ("verifier", "on_policy", "steps")   # rewards on the learner's own sampled answers
 GUIDE_SCORED = ("guide_logprob", "reverse_kl", "multistep", "on_policy")   # ask the guide for log-probabilities
 
 
@@ -102,10 +102,11 @@ class RewardConfig(Section):
     or weighted ``terms``: at most one CoT term plus the rollout terms, on G answers the learner samples itself
     (``rl_statetune.rl.outcome``): ``verifier`` (the task's answer check, 1/0, GRPO over the G answers) and
     ``on_policy`` (per token ``log p_guide(a_t) - log p_learner(a_t)`` of the learner's own text, one guide score
-    call per batch). The loss is the weighted sum of the terms' policy-gradient losses."""
+    call per batch) and ``steps`` (the task's check of each equation the answer writes, on the tokens of its
+    right-hand side: ``rl.steps``). The loss is the weighted sum of the terms' policy-gradient losses."""
 
     kind: Literal["match", "guide_logprob", "reverse_kl", "multistep"] | None = None   # None: match (no terms)
-    terms: dict[Literal["match", "guide_logprob", "reverse_kl", "multistep", "verifier", "on_policy"],
+    terms: dict[Literal["match", "guide_logprob", "reverse_kl", "multistep", "verifier", "on_policy", "steps"],
                 float] | None = None               # term -> weight (> 0); None: {kind: 1.0}
     max_new_tokens: int | None = Field(None, gt=0)   # rollout terms: answer length cap (None: eval_max_new_tokens)
     samples: int = Field(4, gt=0)              # actions sampled per position (the GRPO group)
@@ -180,6 +181,9 @@ class PGConfig(Section):
     # learner's own greedy answer to the prompt (the verifier term only; one greedy answer per prompt per step)
     advantage: Literal["group", "batch", "ema", "greedy"] = "group"
     normalize_std: bool = True
+    # the verifier term's negative advantages are multiplied by this (W-REINFORCE): 1 = the plain estimator;
+    # 0 = only answers that beat their baseline pull (rejection-sampling fine-tuning on the learner's own answers)
+    negative_weight: float = Field(1.0, ge=0, le=1)
     ema_decay: float = Field(0.9, ge=0, lt=1)
     l2: float = Field(0.0, ge=0)               # penalty l2 * mean(S0^2): keeps the state near the frozen model
 

@@ -35,7 +35,7 @@ from rl_statetune.rl.outcome import (
     token_mean_loss,
     verifier_rewards,
 )
-from rl_statetune.rl.policy_gradient import EmaBaseline, advantages, l2_penalty, pg_loss
+from rl_statetune.rl.policy_gradient import EmaBaseline, advantages, l2_penalty, pg_loss, weigh_negatives
 from rl_statetune.rl.rewards import (
     guide_logprob_reward,
     guide_logprobs_of_actions,
@@ -52,6 +52,7 @@ from rl_statetune.rl.rollout import (
     token_logprobs,
 )
 from rl_statetune.rl.source import CountingGuide
+from rl_statetune.rl.steps import step_advantages, step_token_rewards
 from rl_statetune.rl.verifier import make_check
 from rl_statetune.run.setup import AllReduce, diverged, guarded_step, lr_at, make_optimizer, set_lr, state_norms
 from rl_statetune.state import TimeState
@@ -154,7 +155,7 @@ class Learner:
             total = total + loss
             metrics.update(m, tokens=metrics["tokens"] + m["rollout_tokens"])
             if cot is None:
-                metrics["reward"] = m.get("verifier_reward", m.get("on_policy_reward"))
+                metrics["reward"] = m.get("verifier_reward", m.get("on_policy_reward", m.get("step_right")))
         return total, metrics
 
     def _cot_loss(self, batch: CotBatch) -> tuple[torch.Tensor, dict]:
@@ -279,13 +280,23 @@ class Learner:
             else:
                 v_adv = advantages(v, mode=pc.advantage, normalize_std=pc.normalize_std, baseline=self.baseline,
                                    greedy=greedy)
+        if v_adv is not None:
+            v_adv = weigh_negatives(v_adv, pc.negative_weight)
         if "on_policy" in terms:    # the learner's own answers only (the guide's rows get no token reward)
             g, judged = guide_token_logprobs(self.guide, items, texts, [s for _, s in decoded], G, ids.shape[1],
                                              rc.floor_logprob)
             r_tok = torch.zeros(m.shape)
             r_tok[:n_own] = (g - lp[:n_own].detach().cpu()) * judged * m[:n_own]
             metrics["on_policy_reward"] = float(r_tok.sum() / m[:n_own].sum().clamp_min(1))
-        adv = combine(terms, m, v_adv, r_tok)
+        s_adv = None
+        if "steps" in terms:        # the learner's own answers only, as on_policy
+            r_step, judged = step_token_rewards(texts, [s for _, s in decoded],
+                                                [it.prompt for it in items for _ in range(G)], ids.shape[1])
+            s_adv = torch.zeros(m.shape)
+            s_adv[:n_own] = step_advantages(r_step, judged)
+            metrics.update(step_right=float(r_step[judged].mean()) if judged.any() else float("nan"),
+                           step_tokens=float(judged.sum(1).float().mean()))
+        adv = combine(terms, m, v_adv, r_tok, s_adv)
         if heads is not None:
             adv = clip_heads(adv, n_own, heads)
         return token_mean_loss(lp, adv.to(lp.device), mask), metrics

@@ -113,14 +113,16 @@ def guide_token_logprobs(guide: Guide, items: Sequence[CotItem], texts: Sequence
 
 
 def combine(weights: dict[str, float], mask: torch.Tensor, verifier_adv: torch.Tensor | None = None,
-            token_reward: torch.Tensor | None = None) -> torch.Tensor:
+            token_reward: torch.Tensor | None = None, step_adv: torch.Tensor | None = None) -> torch.Tensor:
     """[N * G, K] per-token advantage: ``w_verifier * A_seq`` broadcast over the answer's tokens plus
-    ``w_on_policy * r_t``; zero off the answer."""
+    ``w_on_policy * r_t`` plus ``w_steps * A_step``; zero off the answer."""
     adv = torch.zeros(mask.shape)
     if verifier_adv is not None:
         adv = adv + weights["verifier"] * verifier_adv.reshape(-1, 1)
     if token_reward is not None:
         adv = adv + weights["on_policy"] * token_reward
+    if step_adv is not None:
+        adv = adv + weights["steps"] * step_adv
     return adv * mask
 
 

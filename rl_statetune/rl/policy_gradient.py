@@ -77,6 +77,12 @@ def advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, mode: s
     return centred / (std + EPS) if normalize_std else centred
 
 
+def weigh_negatives(adv: torch.Tensor, weight: float) -> torch.Tensor:
+    """Negative advantages times ``weight`` (W-REINFORCE; 0: only answers better than their baseline pull, as in
+    rejection-sampling fine-tuning / RAFT; 1: unchanged)."""
+    return adv if weight == 1 else torch.where(adv < 0, adv * weight, adv)
+
+
 def pg_loss(logprobs: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Surrogate loss ``-mean(A * log pi)`` over valid entries; its gradient is the REINFORCE estimate."""
     w = torch.ones_like(adv) if valid is None else valid.float()
