@@ -30,7 +30,9 @@ Rows (same base config, same step budget and batch size; only the reward / guide
   ``tune-smollm2``: supervised ``tune`` on the same prompted SmolLM2's greedy CoTs (imitation of that guide);
 * ``grpo+guide-taskguide`` / ``grpo+prefix-taskguide`` / ``tune-taskguide``: the same three with the project's task
   guide (``scripts/make_task_guide.py``, a 7.3M-parameter transformers model trained on the task; right on ~37%
-  of the problems), its whole CoT or its first fifth in the group, or imitated.
+  of the problems), its whole CoT or its first fifth in the group, or imitated;
+* ``grpo+steps`` / ``grpo+steps+guide-self`` / ``-rationales`` / ``-taskguide``: the verifier plus the task's step
+  check (``reward.terms: {verifier: 1.0, steps: 1.0}``, ``rl.steps``), with no guide or that guide in the group.
 
 Held-out problems: ``--fresh-size`` problems from data seed ``--fresh-seed`` (never used in training: training
 uses ``data.seed``, the run's own held-out ``data.seed + 1``), prompted with no header, greedy to the end of the
