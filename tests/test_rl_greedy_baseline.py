@@ -3,6 +3,8 @@
 * The advantages against values worked out by hand, with and without the guide's member in the group.
 * The baseline's verdicts are those of the learner's greedy answers: equal to the verdicts on what the held-out
   evaluation's greedy ``generate`` writes from the same state, prompt by prompt.
+* Through the learner: each answer's advantage is its verdict minus its own prompt's greedy verdict, the negative
+  ones times ``pg.negative_weight``.
 * Direction: with no guide, the verifier alone with the greedy baseline switches the embedded model's answer
   format (held-out 0 -> >= 0.9, as ``test_rl_verifier``'s GRPO test). It fails with the baseline's sign flipped.
 * Config errors: the greedy baseline without the verifier term, or beside a CoT term.
