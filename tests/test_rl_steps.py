@@ -4,6 +4,8 @@
   annotations, parentheses; an unbound name, a division by zero and text without ``=`` are not judged.
 * Token attribution with the world tokenizer: exactly the right-hand side's tokens are judged, with its verdict.
 * The advantages by hand (batch baseline over the judged tokens).
+* Through the learner: each answer is judged with its own prompt's names (fails with the prompts misordered), and
+  three steps of the term alone move the learner's choice at a wrong sum toward the right one.
 """
 
 from __future__ import annotations
@@ -95,3 +97,45 @@ def test_a_wrong_step_is_pushed_down_and_the_right_one_up(monkeypatch):
         m = learner.train_step(items, step, 3)
     assert m["step_right"] < 1       # the wrong answer's steps were judged wrong
     assert margin() > before + 1.0, (before, margin())
+
+
+def test_each_answer_is_judged_with_its_own_prompts_names(monkeypatch):
+    """Two prompts bind ``a`` and ``c`` to different values; their answers substitute them rightly, and one answer
+    of the first prompt gets its sum wrong. Through the learner, every substitution's tokens must get a positive
+    advantage and only the wrong sum a negative one (fails when the answers are judged with the other prompt's
+    names)."""
+    from rl_statetune.checkpoint import load_model
+    from rl_statetune.lm import pad_right
+    from rl_statetune.rl.config import RLConfig
+    from rl_statetune.rl.cot import CotItem
+    from rl_statetune.rl.learner import Learner
+
+    cfg = RLConfig.model_validate({"model": {"path": "embedded"}, "data": {"target_format": "sentence"},
+                                   "reward": {"terms": {"steps": 1.0}, "samples": 2}})
+    tok = WorldTokenizer()
+    prompts = ["Q: a = 12, c = 15. What is c - a?\nA:", "Q: a = 20, c = 31. What is c - a?\nA:"]
+    answers = [" c - a = 15 - 12. 15 - 12 = 3.\n", " c - a = 15 - 12. 15 - 12 = 4.\n",
+               " c - a = 31 - 20. 31 - 20 = 11.\n", " c - a = 31 - 20. 31 - 20 = 11.\n"]
+
+    def fixed_answers(self, items, heads=None):
+        idx, lengths = pad_right([tok.encode(p) for p in prompts for _ in range(2)], 0, self.device)
+        ids, n = pad_right([tok.encode(a) for a in answers], 0, self.device)
+        return idx, lengths, ids, torch.arange(ids.shape[1])[None] < n[:, None]
+
+    seen = {}
+
+    def capture(logprobs, adv, mask):
+        seen["adv"] = adv
+        return (logprobs * mask).sum() * 0
+
+    monkeypatch.setattr(Learner, "sample_answers", fixed_answers)
+    monkeypatch.setattr("rl_statetune.rl.learner.token_mean_loss", capture)
+    learner = Learner(load_model("embedded"), tok, cfg, seed=0)
+    learner.loss([CotItem(p, p, "", answer="0") for p in prompts])
+    for r, a in enumerate(answers):
+        ids = tok.encode(a)
+        subst = [t for t, i in enumerate(ids) if tok.decode(ids[: t + 1]).endswith(("15 - 12", "31 - 20"))
+                 and t > ids.index(tok.encode(" =")[0])][:1]
+        result = len(ids) - 3          # " 3" / " 4" / " 11" before ".\n"
+        assert seen["adv"][r, subst[0]] > 0, (r, a)
+        assert (seen["adv"][r, result] < 0) == (r == 1), (r, a, seen["adv"][r])
