@@ -37,6 +37,14 @@ class EmaBaseline:
         return before
 
 
+def row_mean_std(r: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, 1] mean and unbiased standard deviation of each row of ``r`` over the entries where ``w`` is 1."""
+    n = w.sum(1, keepdim=True).clamp_min(1)
+    mean = (r * w).sum(1, keepdim=True) / n
+    std = ((((r - mean) * w) ** 2).sum(1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
+    return mean, std
+
+
 def advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, mode: str = "group",
                normalize_std: bool = True, baseline: EmaBaseline | None = None,
                greedy: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,18 +57,13 @@ def advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, mode: s
         if greedy is None:
             raise ValueError("mode 'greedy' needs the reward of each context's greedy action")
         ref = greedy.float().reshape(-1, 1)
-        both, w_both = torch.cat([r, ref], 1), torch.cat([w, torch.ones_like(ref)], 1)
-        n = w_both.sum(1, keepdim=True)
-        mean = (both * w_both).sum(1, keepdim=True) / n
-        std = ((((both - mean) * w_both) ** 2).sum(1, keepdim=True) / (n - 1)).sqrt()
+        _, std = row_mean_std(torch.cat([r, ref], 1), torch.cat([w, torch.ones_like(ref)], 1))
         centred = (r - ref) * w
     elif mode == "group":
         if r.shape[1] < 2:
             raise ValueError("group advantages need at least 2 samples per context (reward.samples >= 2)")
-        n = w.sum(1, keepdim=True).clamp_min(1)
-        mean = (r * w).sum(1, keepdim=True) / n
+        mean, std = row_mean_std(r, w)
         centred = (r - mean) * w
-        std = ((centred ** 2).sum(1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
     elif mode in ("batch", "ema"):
         n = w.sum().clamp_min(1)
         batch_mean = (r * w).sum() / n
