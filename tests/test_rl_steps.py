@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import torch
 
+from rl_statetune.checkpoint import load_model
+from rl_statetune.lm import pad_right
 from rl_statetune.rl.align import decode_with_spans
+from rl_statetune.rl.config import RLConfig
+from rl_statetune.rl.cot import CotItem
+from rl_statetune.rl.learner import Learner
 from rl_statetune.rl.steps import bindings, evaluate, judge_steps, step_advantages, step_token_rewards
 from rl_statetune.tokenizer import WorldTokenizer
 
@@ -61,12 +66,6 @@ def test_a_wrong_step_is_pushed_down_and_the_right_one_up(monkeypatch):
     """The learner's two answers to one prompt differ in one step (``15 - 12 = 3`` against ``= 4``); three steps of
     the ``steps`` term alone must move the learner's next-token choice at that step toward the right result.
     Fails with the advantage's sign flipped, and with the verdict put on the token after the right-hand side."""
-    from rl_statetune.checkpoint import load_model
-    from rl_statetune.lm import pad_right
-    from rl_statetune.rl.config import RLConfig
-    from rl_statetune.rl.cot import CotItem
-    from rl_statetune.rl.learner import Learner
-
     cfg = RLConfig.model_validate({"model": {"path": "embedded:reason"},
                                    "data": {"corpus": "reasoning", "target_format": "sentence"},
                                    "reward": {"terms": {"steps": 1.0}, "samples": 2},
@@ -104,12 +103,6 @@ def test_each_answer_is_judged_with_its_own_prompts_names(monkeypatch):
     of the first prompt gets its sum wrong. Through the learner, every substitution's tokens must get a positive
     advantage and only the wrong sum a negative one (fails when the answers are judged with the other prompt's
     names)."""
-    from rl_statetune.checkpoint import load_model
-    from rl_statetune.lm import pad_right
-    from rl_statetune.rl.config import RLConfig
-    from rl_statetune.rl.cot import CotItem
-    from rl_statetune.rl.learner import Learner
-
     cfg = RLConfig.model_validate({"model": {"path": "embedded"}, "data": {"target_format": "sentence"},
                                    "reward": {"terms": {"steps": 1.0}, "samples": 2}})
     tok = WorldTokenizer()
