@@ -32,7 +32,9 @@ Rows (same base config, same step budget and batch size; only the reward / guide
   guide (``scripts/make_task_guide.py``, a 7.3M-parameter transformers model trained on the task; right on ~37%
   of the problems), its whole CoT or its first fifth in the group, or imitated;
 * ``grpo+steps`` / ``grpo+steps+guide-self`` / ``-rationales`` / ``-taskguide``: the verifier plus the task's step
-  check (``reward.terms: {verifier: 1.0, steps: 1.0}``, ``rl.steps``), with no guide or that guide in the group.
+  check (``reward.terms: {verifier: 1.0, steps: 1.0}``, ``rl.steps``), with no guide or that guide in the group;
+* ``grpo+fix+guide-self`` / ``-rationales`` / ``-taskguide``: the same plus the task's corrections (``corrections:
+  1.0``): at each wrong equation of the learner's own answers, the right value is taught after its own prefix.
 
 Held-out problems: ``--fresh-size`` problems from data seed ``--fresh-seed`` (never used in training: training
 uses ``data.seed``, the run's own held-out ``data.seed + 1``), prompted with no header, greedy to the end of the
@@ -98,6 +100,12 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+steps+guide-self": (SELF, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
     "grpo+steps+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
     "grpo+steps+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
+    "grpo+fix+guide-self": (SELF, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 1.0},
+                                   "guide_in_group": True}),
+    "grpo+fix+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 1.0},
+                                               "guide_in_group": True}),
+    "grpo+fix+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 1.0},
+                                              "guide_in_group": True}),
 }
 # supervised on that guide's greedy CoTs
 TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS, "tune-taskguide": TASK_GUIDE}
@@ -107,7 +115,8 @@ ROWS = ["frozen", "frozen+header", "tune-rationales", "tune-self", "tune-smollm2
         "lora-usual", "match-rationales", "grpo-verifier", "on-policy-self", "rejection-self", "on-policy+verifier",
         "match-self", "rejection-self+verifier", "grpo+guide-self", "grpo+guide-rationales", "match-smollm2",
         "grpo+guide-smollm2", "grpo+prefix-smollm2", "grpo+guide-taskguide", "grpo+prefix-taskguide", "grpo+steps",
-        "grpo+steps+guide-self", "grpo+steps+guide-rationales", "grpo+steps+guide-taskguide"]
+        "grpo+steps+guide-self", "grpo+steps+guide-rationales", "grpo+steps+guide-taskguide", "grpo+fix+guide-self",
+        "grpo+fix+guide-rationales", "grpo+fix+guide-taskguide"]
 
 
 def fresh_examples(seed: int, n: int, train: list[Example]) -> list[Example]:

@@ -52,7 +52,7 @@ from rl_statetune.rl.rollout import (
     token_logprobs,
 )
 from rl_statetune.rl.source import CountingGuide
-from rl_statetune.rl.steps import step_advantages, step_token_rewards
+from rl_statetune.rl.steps import correction_rows, step_advantages, step_token_rewards
 from rl_statetune.rl.verifier import make_check
 from rl_statetune.run.setup import AllReduce, diverged, guarded_step, lr_at, make_optimizer, set_lr, state_norms
 from rl_statetune.state import TimeState
@@ -256,13 +256,27 @@ class Learner:
         idx, lengths, ids, mask = idx[:n_own], lengths[:n_own], ids[:n_own], mask[:n_own]
         decoded = [decode_with_spans(self.tok, row[m].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
         texts = [t for t, _ in decoded]
+        prompts = [it.prompt for it in items for _ in range(G)]
         if rc.guide_in_group:
             idx, lengths = torch.cat([idx, idx[::G]]), torch.cat([lengths, lengths[::G]])
             ids, mask = append_rows(ids, mask, g_ids)
+        n_judged = ids.shape[0]     # the learner's answers and the guide's members; the corrections follow
+        fixes = (correction_rows(texts, [s for _, s in decoded],
+                                 [row[k].tolist() for row, k in zip(ids[:n_own].cpu(), mask[:n_own].cpu())],
+                                 prompts, self.tok) if "corrections" in terms else [])
+        if fixes:                   # each after its prompt and the answer's own tokens before the wrong step
+            idx, _ = append_rows(idx, torch.arange(idx.shape[1], device=idx.device) < lengths[:, None],
+                                 [idx[r, : lengths[r]].tolist() + head for r, head, _ in fixes])
+            lengths = torch.cat([lengths, torch.tensor([int(lengths[r]) + len(h) for r, h, _ in fixes],
+                                                       device=lengths.device)])
+            ids, mask = append_rows(ids, mask, [fix for _, _, fix in fixes])
         lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature, mask)   # [rows, K]
         m = mask.cpu()
         metrics: dict = {"rollout_tokens": int(m.sum()) + int(lengths.sum()),
                          "answer_tokens": float(m[:n_own].sum(1).float().mean())}
+        if "corrections" in terms:
+            metrics.update(corrections=len(fixes) / n_own, correction_logprob=float(
+                lp[n_judged:].detach().cpu()[m[n_judged:]].mean()) if fixes else float("nan"))
         v_adv = r_tok = None
         if "verifier" in terms:
             v = verifier_rewards(self.check, items, texts, G)
@@ -285,18 +299,19 @@ class Learner:
         if "on_policy" in terms:    # the learner's own answers only (the guide's rows get no token reward)
             g, judged = guide_token_logprobs(self.guide, items, texts, [s for _, s in decoded], G, ids.shape[1],
                                              rc.floor_logprob)
-            r_tok = torch.zeros(m.shape)
+            r_tok = torch.zeros(m[:n_judged].shape)
             r_tok[:n_own] = (g - lp[:n_own].detach().cpu()) * judged * m[:n_own]
             metrics["on_policy_reward"] = float(r_tok.sum() / m[:n_own].sum().clamp_min(1))
         s_adv = None
         if "steps" in terms:        # the learner's own answers only, as on_policy
-            r_step, judged = step_token_rewards(texts, [s for _, s in decoded],
-                                                [it.prompt for it in items for _ in range(G)], ids.shape[1])
-            s_adv = torch.zeros(m.shape)
+            r_step, judged = step_token_rewards(texts, [s for _, s in decoded], prompts, ids.shape[1])
+            s_adv = torch.zeros(m[:n_judged].shape)
             s_adv[:n_own] = step_advantages(r_step, judged)
             metrics.update(step_right=float(r_step[judged].mean()) if judged.any() else float("nan"),
                            step_tokens=float(judged.sum(1).float().mean()))
-        adv = combine(terms, m, v_adv, r_tok, s_adv)
+        adv = combine(terms, m[:n_judged], v_adv, r_tok, s_adv)
+        if fixes:                   # the right values are taught: advantage w on their tokens
+            adv = torch.cat([adv, terms["corrections"] * m[n_judged:].float()])
         if heads is not None:
             adv = clip_heads(adv, n_own, heads)
         return token_mean_loss(lp, adv.to(lp.device), mask), metrics

@@ -58,15 +58,46 @@ def evaluate(expr: str, names: dict[str, Fraction]) -> Fraction | None:
     return value(tree)
 
 
-def judge_steps(text: str, prompt: str = "") -> list[tuple[int, int, bool]]:
-    """``(start, end, right)`` for each judged equation of ``text``: the character span of its right-hand side
-    and whether both sides have the same value (names bound by ``prompt``)."""
-    names = bindings(prompt)
-    out = []
+def _equations(text: str, names: dict[str, Fraction]):
+    """The judged equations of ``text``: (match, value of the left side, value of the right side)."""
     for m in EQUATION.finditer(text):
         lhs, rhs = evaluate(m["lhs"], names), evaluate(m["rhs"], names)
         if lhs is not None and rhs is not None:
-            out.append((m.start("rhs"), m.end("rhs"), lhs == rhs))
+            yield m, lhs, rhs
+
+
+def judge_steps(text: str, prompt: str = "") -> list[tuple[int, int, bool]]:
+    """``(start, end, right)`` for each judged equation of ``text``: the character span of its right-hand side
+    and whether both sides have the same value (names bound by ``prompt``)."""
+    return [(m.start("rhs"), m.end("rhs"), lhs == rhs) for m, lhs, rhs in _equations(text, bindings(prompt))]
+
+
+def _number(value: Fraction) -> str | None:
+    return str(value.numerator) if value.denominator == 1 else None
+
+
+def corrections(text: str, prompt: str = "") -> list[tuple[int, str]]:
+    """``(start, right)`` for each wrong equation of ``text`` whose right right-hand side is known: ``start`` is
+    where its right-hand side begins, ``right`` what it should have been. A number is corrected to the left
+    side's value (``14 - 13 = 2`` -> ``1``); a substitution, numbers for the left side's names, to the bound
+    values (``a - u = 39 - 31`` -> ``39 - 13``), the learner's own operators and spacing kept. Other wrong
+    equations (a right side with names, a value that is not a whole number) get none."""
+    names = bindings(prompt)
+    out = []
+    for m, lhs, rhs in _equations(text, names):
+        if lhs == rhs:
+            continue
+        lhs_text, rhs_text = m["lhs"], m["rhs"].strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", rhs_text):
+            right = _number(lhs)
+        elif re.search(r"[A-Za-z_]", lhs_text) and not re.search(r"[A-Za-z_]", rhs_text):
+            values = {k: _number(v) for k, v in names.items()}
+            right = re.sub(r"[A-Za-z_]\w*", lambda n: values[n[0]] or n[0], lhs_text.strip())
+            right = right if re.fullmatch(r"[\d\s+\-*/().]*", right) else None
+        else:
+            right = None
+        if right is not None:
+            out.append((m.start("rhs"), right))
     return out
 
 
@@ -94,3 +125,17 @@ def step_advantages(reward: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(reward)
     b = reward[judged].mean()
     return (reward - b) * judged
+
+
+def correction_rows(texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]], ids: Sequence[Sequence[int]],
+                    prompts: Sequence[str], tokenizer) -> list[tuple[int, list[int], list[int]]]:
+    """``(row, head, fix)`` for each correction (``corrections``) of each answer: ``head`` the answer's tokens
+    before the token where the wrong right-hand side begins, ``fix`` the tokens of what should follow them (that
+    token's text up to the right-hand side, then the right value). The learner's own prefix is kept as it wrote
+    it, so the right value is taught in the contexts its own sampling reaches (as DAgger's expert labels)."""
+    out = []
+    for r, (text, sp, row, prompt) in enumerate(zip(texts, spans, ids, prompts)):
+        for start, right in corrections(text, prompt):
+            t0 = next(t for t, (s, e) in enumerate(sp) if e > start and e > s)
+            out.append((r, list(row[:t0]), tokenizer.encode(text[sp[t0][0]:start] + right)))
+    return out

@@ -1,0 +1,128 @@
+"""The ``corrections`` term: at each wrong equation of the learner's own answer, the right value is taught after the
+learner's own prefix (the task's rule as the expert, labelling the states the learner's sampling reaches).
+
+* Corrections by hand: a wrong sum gets the left side's value, a wrong substitution the bound values in the
+  learner's own spacing; right equations, non-whole values and right sides with names get none.
+* The rows: the answer's tokens before the wrong right-hand side, then the right value's tokens, decode to the
+  answer's text with the value replaced.
+* Through the learner: each correction row is scored after its own prompt and head (its log-probabilities equal a
+  plain forward's) and carries the term's weight on the right value's tokens only.
+* Direction: three steps of the term alone move the learner's choice at a wrong sum toward the right one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl_statetune.checkpoint import load_model
+from rl_statetune.lm import pad_right
+from rl_statetune.rl.align import decode_with_spans
+from rl_statetune.rl.config import RLConfig
+from rl_statetune.rl.cot import CotItem
+from rl_statetune.rl.learner import Learner
+from rl_statetune.rl.steps import correction_rows, corrections
+from rl_statetune.tokenizer import WorldTokenizer
+
+PROMPT = "Q: a = 12, c = 15, w = 16. What is c - a + w?\nA:"
+
+
+def fixed(text: str, prompt: str = PROMPT) -> list[tuple[str, str]]:
+    """Each correction as (the text before it, the right value)."""
+    return [(text[:s], right) for s, right in corrections(text, prompt)]
+
+
+def test_wrong_equations_get_their_right_side():
+    wrong = " c - a + w = 15 - 13 + 16. 15 - 13 = 3. 3 + 16 = 18. The answer is 18."
+    assert fixed(wrong) == [(" c - a + w = ", "15 - 12 + 16"), (" c - a + w = 15 - 13 + 16. 15 - 13 = ", "2"),
+                            (" c - a + w = 15 - 13 + 16. 15 - 13 = 3. 3 + 16 = ", "19")]
+    assert fixed(" c-a+w = 15-13+16. 15 - 12 = 3.") == [(" c-a+w = ", "15-12+16")]   # the learner's spacing kept
+    assert fixed(" c - a + w = 15 - 12 + 16. 15 - 12 = 3. 3 + 16 = 19.") == []      # all right
+    assert fixed("She sold <<24*3=71>>71 and (2 + 3) * 4 = 21.", "") == [("She sold <<24*3=", "72"),
+                                                                      ("She sold <<24*3=71>>71 and (2 + 3) * 4 = ",
+                                                                       "20")]
+    assert fixed("7 / 2 = 3. 15 - 13 = c - a.") == []     # 7/2 is no whole number; a right side with names
+
+
+def test_rows_hold_the_learners_prefix_then_the_right_value():
+    tok = WorldTokenizer()
+    answers = [" c - a + w = 15 - 13 + 16. 15 - 13 = 3. 3 + 16 = 19.\n", " 15 - 12 = 3. 3 + 16 = 20.\n"]
+    ids = [tok.encode(a) for a in answers]
+    decoded = [decode_with_spans(tok, i) for i in ids]
+    rows = correction_rows([t for t, _ in decoded], [s for _, s in decoded], ids, [PROMPT] * 2, tok)
+    assert [(r, tok.decode(head + fix)) for r, head, fix in rows] == [
+        (0, " c - a + w = 15 - 12 + 16"), (0, " c - a + w = 15 - 13 + 16. 15 - 13 = 2"),
+        (1, " 15 - 12 = 3. 3 + 16 = 19")]
+    for r, head, fix in rows:
+        assert ids[r][: len(head)] == head and tok.decode(fix).startswith(" ")   # the learner's own tokens first
+    assert [tok.decode(fix) for _, _, fix in rows] == [" 15 - 12 + 16", " 2", " 19"]
+
+
+def learner_with_answers(monkeypatch, cfg: dict, prompts: list[str], answers: list[str], model: str = "embedded"):
+    """A learner whose sampled answers are ``answers`` (``samples`` per prompt, in order)."""
+    tok = WorldTokenizer()
+    G = len(answers) // len(prompts)
+
+    def fixed_answers(self, items, heads=None):
+        idx, lengths = pad_right([tok.encode(p) for p in prompts for _ in range(G)], 0, self.device)
+        ids, n = pad_right([tok.encode(a) for a in answers], 0, self.device)
+        return idx, lengths, ids, torch.arange(ids.shape[1])[None] < n[:, None]
+
+    monkeypatch.setattr(Learner, "sample_answers", fixed_answers)
+    cfg = RLConfig.model_validate({"model": {"path": model}, "data": {"target_format": "sentence"},
+                                   "reward": {"samples": G, **cfg}, "optim": {"lr": 0.3, "lr_final": 0.3}})
+    return Learner(load_model(model), tok, cfg, seed=0), tok
+
+
+def test_correction_rows_are_scored_after_their_own_prompt_and_head(monkeypatch):
+    """Two prompts, one wrong sum in the second prompt's first answer: one correction row, after that prompt and
+    that answer's head, with the weight on the right value's tokens and log-probabilities equal to a plain forward's
+    (fails with the row put after another answer's prompt, or the weight on the head)."""
+    prompts = ["Q: a = 12, c = 15. What is c - a?\nA:", "Q: a = 20, c = 31. What is c - a?\nA:"]
+    answers = [" c - a = 15 - 12. 15 - 12 = 3.\n", " c - a = 15 - 12. 15 - 12 = 3.\n",
+               " c - a = 31 - 20. 31 - 20 = 12.\n", " c - a = 31 - 20. 31 - 20 = 11.\n"]
+    learner, tok = learner_with_answers(monkeypatch, {"terms": {"corrections": 2.5}}, prompts, answers)
+    seen = {}
+
+    def capture(logprobs, adv, mask):
+        seen.update(lp=logprobs.detach(), adv=adv, mask=mask.cpu())
+        return (logprobs * mask).sum() * 0
+
+    monkeypatch.setattr("rl_statetune.rl.learner.token_mean_loss", capture)
+    _, metrics = learner.loss([CotItem(p, p, "", answer="0") for p in prompts])
+    assert seen["adv"].shape[0] == 5 and metrics["corrections"] == 0.25
+    assert torch.equal(seen["adv"][:4], torch.zeros(4, seen["adv"].shape[1]))   # no other term
+    fix = tok.encode(" 11")
+    assert seen["mask"][4].sum() == len(fix)
+    assert torch.equal(seen["adv"][4], 2.5 * seen["mask"][4].float())
+    context = tok.encode(prompts[1]) + tok.encode(" c - a = 31 - 20. 31 - 20 =")
+    with torch.no_grad():
+        logits, _ = learner.model(torch.tensor([context + fix]), learner.init_state(1))
+    lp = logits[0].float().log_softmax(-1)
+    want = torch.stack([lp[len(context) - 1 + t, i] for t, i in enumerate(fix)])
+    torch.testing.assert_close(seen["lp"][4, : len(fix)].cpu(), want, atol=1e-4, rtol=1e-4)
+    assert metrics["correction_logprob"] == pytest.approx(float(want.mean()), abs=1e-4)
+
+
+def test_corrections_move_a_wrong_sum_toward_the_right_one(monkeypatch):
+    """A sum the frozen model gets wrong even after right steps (``62 + 20 =``: it writes `` 81``); the learner's
+    answers write the wrong value. Three steps of the ``corrections`` term alone must move its choice there toward
+    `` 82`` (fails with the weight's sign flipped, and with the correction put one token later)."""
+    prompt = "Mode: reason\nQ: g = 25, p = 20, r = 37. What is r + g + p?\nA:"
+    head = " r + g + p = 37 + 25 + 20. 37 + 25 = 62. 62 + 20 ="
+    answers = [head + " 81. The answer is 81.\n"] * 2
+    learner, tok = learner_with_answers(monkeypatch, {"terms": {"corrections": 1.0}}, [prompt], answers,
+                                        model="embedded:reason")
+
+    def margin() -> float:     # log p(" 82") - log p(" 81") after the prompt and the shared head
+        with torch.no_grad():
+            logits, _ = learner.model(torch.tensor([tok.encode(prompt) + tok.encode(head)]), learner.init_state(1))
+        lp = logits[0, -1].float().log_softmax(-1)
+        return float(lp[tok.encode(" 82")[0]] - lp[tok.encode(" 81")[0]])
+
+    before = margin()
+    items = [CotItem(prompt, prompt, "", answer="82")]
+    for step in range(3):
+        m = learner.train_step(items, step, 3)
+    assert m["corrections"] == 1.0      # one wrong equation per answer
+    assert before < 0 < margin() - 0.5, (before, margin())     # the choice between the two flips
