@@ -34,7 +34,8 @@ Rows (same base config, same step budget and batch size; only the reward / guide
 * ``grpo+steps`` / ``grpo+steps+guide-self`` / ``-rationales`` / ``-taskguide``: the verifier plus the task's step
   check (``reward.terms: {verifier: 1.0, steps: 1.0}``, ``rl.steps``), with no guide or that guide in the group;
 * ``grpo+fix+guide-self`` / ``-rationales`` / ``-taskguide``: the same plus the task's corrections (``corrections:
-  1.0``): at each wrong equation of the learner's own answers, the right value is taught after its own prefix.
+  50.0``, a right value's token weighing as 50 answer tokens): at each wrong equation of the learner's own answers,
+  the right value is taught after its own prefix.
 
 Held-out problems: ``--fresh-size`` problems from data seed ``--fresh-seed`` (never used in training: training
 uses ``data.seed``, the run's own held-out ``data.seed + 1``), prompted with no header, greedy to the end of the
@@ -100,11 +101,11 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+steps+guide-self": (SELF, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
     "grpo+steps+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
     "grpo+steps+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
-    "grpo+fix+guide-self": (SELF, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 1.0},
+    "grpo+fix+guide-self": (SELF, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 50.0},
                                    "guide_in_group": True}),
-    "grpo+fix+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 1.0},
+    "grpo+fix+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 50.0},
                                                "guide_in_group": True}),
-    "grpo+fix+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 1.0},
+    "grpo+fix+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 50.0},
                                               "guide_in_group": True}),
 }
 # supervised on that guide's greedy CoTs
