@@ -12,6 +12,8 @@ learner's own prefix (the task's rule as the expert, labelling the states the le
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -20,8 +22,10 @@ from rl_statetune.lm import pad_right
 from rl_statetune.rl.align import decode_with_spans
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotItem
+from rl_statetune.rl.driver import run_rl
 from rl_statetune.rl.learner import Learner
 from rl_statetune.rl.steps import correction_rows, corrections
+from rl_statetune.synthetic import reasoning_problems
 from rl_statetune.tokenizer import WorldTokenizer
 
 PROMPT = "Q: a = 12, c = 15, w = 16. What is c - a + w?\nA:"
@@ -126,3 +130,22 @@ def test_corrections_move_a_wrong_sum_toward_the_right_one(monkeypatch):
         m = learner.train_step(items, step, 3)
     assert m["corrections"] == 1.0      # one wrong equation per answer
     assert before < 0 < margin() - 0.5, (before, margin())     # the choice between the two flips
+
+
+def test_a_run_with_the_corrections_alone_logs_their_logprob_as_its_reward(tmp_path):
+    """A run whose only term is ``corrections`` (no verifier, no guide) completes and logs the corrections'
+    log-probability as its per-step reward (the step log had no number to print and raised). The prompts carry the
+    reasoning header, so the frozen model writes equations from the first step."""
+    rows = [{"prompt": p.prompt("reason"), "target": p.solution(), "answer": str(p.answer)}
+            for p in reasoning_problems(20, 5)]
+    (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RLConfig.model_validate({
+        "model": {"path": "embedded:reason"},
+        "data": {"task": "jsonl", "path": str(tmp_path / "task.jsonl"), "train_size": 16, "eval_size": 4},
+        "reward": {"terms": {"corrections": 50.0}, "samples": 4, "max_new_tokens": 48},
+        "train": {"steps": 2, "batch_size": 4, "log_every": 1, "eval": False, "out_dir": str(tmp_path / "run")}})
+    res = run_rl(cfg, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "correction_logprob" in r]
+    assert len(steps) == 2 and res.rewards == pytest.approx([r["correction_logprob"] for r in steps], abs=1e-5)
+    assert all(r < 0 for r in res.rewards), res.rewards     # the right values' log-probabilities

@@ -135,7 +135,8 @@ class Learner:
     # -- losses ------------------------------------------------------------------------------------------------
     def loss(self, items: list[CotItem]) -> tuple[torch.Tensor, dict]:
         """The weighted sum of the terms' losses on one batch of items, and the step's metrics (``reward``: the
-        CoT term's mean reward, else the verifier's share of right answers, else the on-policy token reward)."""
+        CoT term's mean reward, else the verifier's share of right answers, else the on-policy token reward, else
+        the share of right step tokens, else the log-probability of the corrections)."""
         rc = self.cfg.reward
         total = self.penalty()
         metrics: dict = {"tokens": 0}
@@ -155,7 +156,8 @@ class Learner:
             total = total + loss
             metrics.update(m, tokens=metrics["tokens"] + m["rollout_tokens"])
             if cot is None:
-                metrics["reward"] = m.get("verifier_reward", m.get("on_policy_reward", m.get("step_right")))
+                metrics["reward"] = next(m[k] for k in ("verifier_reward", "on_policy_reward", "step_right",
+                                                        "correction_logprob") if k in m)
         return total, metrics
 
     def _cot_loss(self, batch: CotBatch) -> tuple[torch.Tensor, dict]:
