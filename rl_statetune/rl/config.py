@@ -104,11 +104,12 @@ class RewardConfig(Section):
     ``on_policy`` (per token ``log p_guide(a_t) - log p_learner(a_t)`` of the learner's own text, one guide score
     call per batch) and ``steps`` (the task's check of each equation the answer writes, on the tokens of its
     right-hand side: ``rl.steps``) and ``corrections`` (at each wrong equation the learner writes, the right value
-    after its own prefix, taught with advantage w: ``rl.steps.correction_rows``). The loss is the weighted sum of the terms' policy-gradient losses."""
+    after its own prefix, taught with advantage w: ``rl.steps.correction_rows``). The loss is the weighted sum of
+    the terms' policy-gradient losses."""
 
     kind: Literal["match", "guide_logprob", "reverse_kl", "multistep"] | None = None   # None: match (no terms)
     terms: dict[Literal["match", "guide_logprob", "reverse_kl", "multistep", "verifier", "on_policy", "steps",
-                           "corrections"], float] | None = None               # term -> weight (> 0); None: {kind: 1.0}
+                        "corrections"], float] | None = None   # term -> weight (> 0); None: {kind: 1.0}
     max_new_tokens: int | None = Field(None, gt=0)   # rollout terms: answer length cap (None: eval_max_new_tokens)
     samples: int = Field(4, gt=0)              # actions sampled per position (the GRPO group)
     temperature: float = Field(1.0, gt=0)      # learner sampling temperature

@@ -44,6 +44,7 @@ from rl_statetune.rl.rewards import (
     reverse_kl_reward,
 )
 from rl_statetune.rl.rollout import (
+    append_continuations,
     append_rows,
     sample_answers,
     sample_rollouts,
@@ -267,11 +268,7 @@ class Learner:
                                  [row[k].tolist() for row, k in zip(ids[:n_own].cpu(), mask[:n_own].cpu())],
                                  prompts, self.tok) if "corrections" in terms else [])
         if fixes:                   # each after its prompt and the answer's own tokens before the wrong step
-            idx, _ = append_rows(idx, torch.arange(idx.shape[1], device=idx.device) < lengths[:, None],
-                                 [idx[r, : lengths[r]].tolist() + head for r, head, _ in fixes])
-            lengths = torch.cat([lengths, torch.tensor([int(lengths[r]) + len(h) for r, h, _ in fixes],
-                                                       device=lengths.device)])
-            ids, mask = append_rows(ids, mask, [fix for _, _, fix in fixes])
+            idx, lengths, ids, mask = append_continuations(idx, lengths, ids, mask, fixes)
         lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature, mask)   # [rows, K]
         m = mask.cpu()
         metrics: dict = {"rollout_tokens": int(m.sum()) + int(lengths.sum()),

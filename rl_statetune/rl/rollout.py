@@ -108,3 +108,17 @@ def append_rows(ids: torch.Tensor, mask: torch.Tensor, rows: list[list[int]]) ->
         out[ids.shape[0] + i, : len(r)] = torch.tensor(r, dtype=ids.dtype)
         out_mask[ids.shape[0] + i, : len(r)] = True
     return out, out_mask
+
+
+def append_continuations(idx: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                         rows: list[tuple[int, list[int], list[int]]]
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompts ``idx`` / ``lengths`` and answers ``ids`` / ``mask`` with one more row per
+    ``(r, head, tokens)``: its prompt is row ``r``'s prompt followed by ``head``, its answer ``tokens`` (so only
+    they are scored)."""
+    prompt_mask = torch.arange(idx.shape[1], device=idx.device)[None] < lengths[:, None]
+    idx, _ = append_rows(idx, prompt_mask, [idx[r, : lengths[r]].tolist() + head for r, head, _ in rows])
+    lengths = torch.cat([lengths, torch.tensor([int(lengths[r]) + len(head) for r, head, _ in rows],
+                                               dtype=lengths.dtype, device=lengths.device)])
+    ids, mask = append_rows(ids, mask, [tokens for _, _, tokens in rows])
+    return idx, lengths, ids, mask
