@@ -190,6 +190,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from rl_statetune.malloc import keep_freed_memory
+
+    keep_freed_memory()     # CPU steps reuse the pages they free instead of faulting them in again
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rl_statetune.run.folder import Interrupted

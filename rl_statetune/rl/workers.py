@@ -85,8 +85,10 @@ class LearnerWorker:
 
     def __init__(self, cfg: dict, rank: int, world_size: int, queue: Any, guide_handle: Any = None,
                  group: str = "rl_learners", backend: str = "gloo", queue_timeout_s: float | None = None):
+        from rl_statetune.malloc import keep_freed_memory
         from rl_statetune.run.setup import make_tunable, start_run
 
+        keep_freed_memory()     # a process of its own: the CLI's setting does not reach it
         self.cfg = RLConfig.model_validate(cfg)
         d = self.cfg.distributed
         torch.set_num_threads(d.torch_threads)
