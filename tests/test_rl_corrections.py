@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from rl_statetune.checkpoint import load_model
-from rl_statetune.lm import pad_right
 from rl_statetune.rl.align import decode_with_spans
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotItem
@@ -27,6 +26,8 @@ from rl_statetune.rl.learner import Learner
 from rl_statetune.rl.steps import correction_rows, corrections
 from rl_statetune.synthetic import reasoning_problems
 from rl_statetune.tokenizer import WorldTokenizer
+
+from learner_probes import answer_with, capture_loss_inputs, preference
 
 PROMPT = "Q: a = 12, c = 15, w = 16. What is c - a + w?\nA:"
 
@@ -65,16 +66,10 @@ def test_rows_hold_the_learners_prefix_then_the_right_value():
 def learner_with_answers(monkeypatch, cfg: dict, prompts: list[str], answers: list[str], model: str = "embedded"):
     """A learner whose sampled answers are ``answers`` (``samples`` per prompt, in order)."""
     tok = WorldTokenizer()
-    G = len(answers) // len(prompts)
-
-    def fixed_answers(self, items, heads=None):
-        idx, lengths = pad_right([tok.encode(p) for p in prompts for _ in range(G)], 0, self.device)
-        ids, n = pad_right([tok.encode(a) for a in answers], 0, self.device)
-        return idx, lengths, ids, torch.arange(ids.shape[1])[None] < n[:, None]
-
-    monkeypatch.setattr(Learner, "sample_answers", fixed_answers)
+    answer_with(monkeypatch, tok, prompts, answers)
     cfg = RLConfig.model_validate({"model": {"path": model}, "data": {"target_format": "sentence"},
-                                   "reward": {"samples": G, **cfg}, "optim": {"lr": 0.3, "lr_final": 0.3}})
+                                   "reward": {"samples": len(answers) // len(prompts), **cfg},
+                                   "optim": {"lr": 0.3, "lr_final": 0.3}})
     return Learner(load_model(model), tok, cfg, seed=0), tok
 
 
@@ -86,13 +81,7 @@ def test_correction_rows_are_scored_after_their_own_prompt_and_head(monkeypatch)
     answers = [" c - a = 15 - 12. 15 - 12 = 3.\n", " c - a = 15 - 12. 15 - 12 = 3.\n",
                " c - a = 31 - 20. 31 - 20 = 12.\n", " c - a = 31 - 20. 31 - 20 = 11.\n"]
     learner, tok = learner_with_answers(monkeypatch, {"terms": {"corrections": 2.5}}, prompts, answers)
-    seen = {}
-
-    def capture(logprobs, adv, mask):
-        seen.update(lp=logprobs.detach(), adv=adv, mask=mask.cpu())
-        return (logprobs * mask).sum() * 0
-
-    monkeypatch.setattr("rl_statetune.rl.learner.token_mean_loss", capture)
+    seen = capture_loss_inputs(monkeypatch)
     _, metrics = learner.loss([CotItem(p, p, "", answer="0") for p in prompts])
     assert seen["adv"].shape[0] == 5 and metrics["corrections"] == 0.25
     assert torch.equal(seen["adv"][:4], torch.zeros(4, seen["adv"].shape[1]))   # no other term
@@ -117,19 +106,13 @@ def test_corrections_move_a_wrong_sum_toward_the_right_one(monkeypatch):
     answers = [head + " 81. The answer is 81.\n"] * 2
     learner, tok = learner_with_answers(monkeypatch, {"terms": {"corrections": 1.0}}, [prompt], answers,
                                         model="embedded:reason")
-
-    def margin() -> float:     # log p(" 82") - log p(" 81") after the prompt and the shared head
-        with torch.no_grad():
-            logits, _ = learner.model(torch.tensor([tok.encode(prompt) + tok.encode(head)]), learner.init_state(1))
-        lp = logits[0, -1].float().log_softmax(-1)
-        return float(lp[tok.encode(" 82")[0]] - lp[tok.encode(" 81")[0]])
-
-    before = margin()
+    before = preference(learner, tok, prompt, head, " 82", " 81")
     items = [CotItem(prompt, prompt, "", answer="82")]
     for step in range(3):
         m = learner.train_step(items, step, 3)
+    after = preference(learner, tok, prompt, head, " 82", " 81")
     assert m["corrections"] == 1.0      # one wrong equation per answer
-    assert before < 0 < margin() - 0.5, (before, margin())     # the choice between the two flips
+    assert before < 0 < after - 0.5, (before, after)     # the choice between the two flips
 
 
 def test_a_run_with_the_corrections_alone_logs_their_logprob_as_its_reward(tmp_path):

@@ -27,6 +27,8 @@ from rl_statetune.rl.policy_gradient import advantages
 from rl_statetune.rl.verifier import make_check
 from rl_statetune.tokenizer import WorldTokenizer
 
+from learner_probes import capture_loss_inputs
+
 
 def test_greedy_baseline_advantages_by_hand():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
@@ -90,13 +92,7 @@ def test_each_prompts_answers_are_measured_against_its_own_greedy_answer(tmp_pat
     monkeypatch.setattr("rl_statetune.rl.learner.make_check", lambda data: lambda text, answer: passes)
     greedy = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
     monkeypatch.setattr(Learner, "greedy_rewards", lambda self, items: greedy[: len(items)])
-    seen = {}
-
-    def capture(logprobs, adv, mask):
-        seen["adv"] = adv
-        return (logprobs * mask).sum() * 0
-
-    monkeypatch.setattr("rl_statetune.rl.learner.token_mean_loss", capture)
+    seen = capture_loss_inputs(monkeypatch)
     learner = Learner(load_model("embedded"), WorldTokenizer(), cfg, seed=0)
     train, _ = load_examples(cfg.data)
     items = [CotItem(e.prompt, e.prompt, "", answer=e.answer) for e in train[:6]]

@@ -13,13 +13,14 @@ from __future__ import annotations
 import torch
 
 from rl_statetune.checkpoint import load_model
-from rl_statetune.lm import pad_right
 from rl_statetune.rl.align import decode_with_spans
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.cot import CotItem
 from rl_statetune.rl.learner import Learner
 from rl_statetune.rl.steps import bindings, evaluate, judge_steps, step_advantages, step_token_rewards
 from rl_statetune.tokenizer import WorldTokenizer
+
+from learner_probes import answer_with, capture_loss_inputs, preference
 
 PROMPT = "Q: a = 12, c = 15, w = 16. What is c - a + w?\nA:"
 
@@ -75,27 +76,14 @@ def test_a_wrong_step_is_pushed_down_and_the_right_one_up(monkeypatch):
     prompt = "Mode: reason\n" + PROMPT
     head = " c - a + w = 15 - 12 + 16. 15 - 12 ="
     answers = [head + " 3. 3 + 16 = 19. The answer is 19.\n", head + " 4. 4 + 16 = 20. The answer is 20.\n"]
-
-    def fixed_answers(self, items, heads=None):
-        idx, lengths = pad_right([tok.encode(prompt)] * 2, 0, self.device)
-        ids, mask = pad_right([tok.encode(a) for a in answers], 0, self.device)
-        return idx, lengths, ids, torch.arange(ids.shape[1])[None] < mask[:, None]
-
-    monkeypatch.setattr(Learner, "sample_answers", fixed_answers)
-
-    def margin() -> float:     # log p(" 3") - log p(" 4") after the prompt and the shared head
-        with torch.no_grad():
-            ids = torch.tensor([tok.encode(prompt) + tok.encode(head)])
-            logits, _ = learner.model(ids, learner.init_state(1))
-            lp = logits[0, -1].float().log_softmax(-1)
-        return float(lp[tok.encode(" 3")[0]] - lp[tok.encode(" 4")[0]])
-
-    before = margin()
+    answer_with(monkeypatch, tok, [prompt], answers)
+    before = preference(learner, tok, prompt, head, " 3", " 4")
     items = [CotItem(prompt, prompt, "", answer="19")]
     for step in range(3):
         m = learner.train_step(items, step, 3)
+    after = preference(learner, tok, prompt, head, " 3", " 4")
     assert m["step_right"] < 1       # the wrong answer's steps were judged wrong
-    assert margin() > before + 1.0, (before, margin())
+    assert after > before + 1.0, (before, after)
 
 
 def test_each_answer_is_judged_with_its_own_prompts_names(monkeypatch):
@@ -110,19 +98,8 @@ def test_each_answer_is_judged_with_its_own_prompts_names(monkeypatch):
     answers = [" c - a = 15 - 12. 15 - 12 = 3.\n", " c - a = 15 - 12. 15 - 12 = 4.\n",
                " c - a = 31 - 20. 31 - 20 = 11.\n", " c - a = 31 - 20. 31 - 20 = 11.\n"]
 
-    def fixed_answers(self, items, heads=None):
-        idx, lengths = pad_right([tok.encode(p) for p in prompts for _ in range(2)], 0, self.device)
-        ids, n = pad_right([tok.encode(a) for a in answers], 0, self.device)
-        return idx, lengths, ids, torch.arange(ids.shape[1])[None] < n[:, None]
-
-    seen = {}
-
-    def capture(logprobs, adv, mask):
-        seen["adv"] = adv
-        return (logprobs * mask).sum() * 0
-
-    monkeypatch.setattr(Learner, "sample_answers", fixed_answers)
-    monkeypatch.setattr("rl_statetune.rl.learner.token_mean_loss", capture)
+    answer_with(monkeypatch, tok, prompts, answers)
+    seen = capture_loss_inputs(monkeypatch)
     learner = Learner(load_model("embedded"), tok, cfg, seed=0)
     learner.loss([CotItem(p, p, "", answer="0") for p in prompts])
     for r, a in enumerate(answers):
