@@ -7,6 +7,9 @@ equation's right-hand side get ``1`` where the equation holds and ``0`` where it
 lands on the step that went wrong (a two-digit sum, a value substituted for the wrong name) instead of being
 spread over the whole answer as the outcome verifier's is. Equations with a name the prompt does not bind, or
 with anything but numbers, names, ``+ - * /`` and parentheses, are not judged.
+
+The ``corrections`` term goes one further: where an equation is wrong, the rule writes the right-hand side it
+should have had (``correction_rows``), and the learner is taught it after its own tokens up to there.
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ def _number(value: Fraction) -> str | None:
 
 
 def corrections(text: str, prompt: str = "") -> list[tuple[int, str]]:
-    """``(start, right)`` for each wrong equation of ``text`` whose right right-hand side is known: ``start`` is
-    where its right-hand side begins, ``right`` what it should have been. A number is corrected to the left
+    """``(start, right)`` for each wrong equation of ``text`` whose right-hand side the rule can write: ``start``
+    is where its right-hand side begins, ``right`` what it should have been. A number is corrected to the left
     side's value (``14 - 13 = 2`` -> ``1``); a substitution, numbers for the left side's names, to the bound
     values (``a - u = 39 - 31`` -> ``39 - 13``), the learner's own operators and spacing kept. Other wrong
     equations (a right side with names, a value that is not a whole number) get none."""
