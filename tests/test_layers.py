@@ -13,7 +13,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "rl_statetune"
 
 LAYERS = {
-    "core": ["atomic", "paths", "wkv", "model", "decode", "checkpoint", "init", "tokenizer", "lm", "generation", "synthetic",
+    "core": ["atomic", "paths", "malloc", "wkv", "model", "decode", "checkpoint", "init", "tokenizer", "lm", "generation", "synthetic",
              "config", "data", "features", "dbp"],
     "state": ["state", "upscale", "support"],
     "run": ["run"],
