@@ -62,6 +62,11 @@ from rl_statetune.state import TimeState
 # score calls; actions resolved from the guide's own token, from its top-k, by an exact query; CoT tokens scored
 REWARD_COUNTS = ("reward_guide_calls", "reward_guide_queries", "reward_guide_tokens", "reward_actions_own",
                  "reward_actions_top_k", "reward_actions_exact", "cot_guide_tokens")
+# per-step shares and means of the terms (averaged over learners, a learner with none left out): the CoT term's
+# argmax / sample agreement with the guide, the rollout terms' verdicts, the guide's members, the corrections
+TERM_MEANS = ("match_argmax", "match_sample", "target_logprob", "verifier_reward", "greedy_reward",
+              "on_policy_reward", "step_right", "step_tokens", "answer_tokens", "guide_group_right",
+              "guide_group_adv", "corrections", "correction_logprob")
 
 
 class Learner:

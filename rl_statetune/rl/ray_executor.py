@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -31,7 +32,7 @@ from rl_statetune_guides import GuideConfig
 
 from rl_statetune.rl.config import RLConfig
 from rl_statetune.rl.guides import resolve_guide_config
-from rl_statetune.rl.learner import REWARD_COUNTS
+from rl_statetune.rl.learner import REWARD_COUNTS, TERM_MEANS
 from rl_statetune.rl.workers import CotProducer, LearnerWorker
 
 log = logging.getLogger("rl_statetune.rl.ray")
@@ -124,6 +125,13 @@ def init_ray(cfg: RLConfig):
     except ConnectionError:
         ray.init(num_cpus=d.num_cpus, log_to_driver=True)
     return ray, True
+
+
+def learners_mean(values: list[float]) -> float:
+    """The mean over learners of a per-step metric, leaving out those that had none (NaN: no step judged, no
+    correction); NaN where none had one."""
+    have = [v for v in values if not math.isnan(v)]
+    return sum(have) / len(have) if have else float("nan")
 
 
 class RayExecutor:
@@ -226,8 +234,7 @@ class RayExecutor:
             ms = self._gather([w.step.remote(step, total_steps) for w in self.learners])
         N = len(ms)
         out = {k: sum(m[k] for m in ms) / N for k in ("reward", "loss") if k in ms[0]}
-        if "match_argmax" in ms[0]:
-            out["match_argmax"] = sum(m["match_argmax"] for m in ms) / N
+        out.update({k: learners_mean([m[k] for m in ms]) for k in TERM_MEANS if k in ms[0]})
         out.update({k: ms[0][k] for k in ("lr", "state_norm", "lifted_norm", "decor_loss") if k in ms[0]},
                    tokens=sum(m["tokens"] for m in ms), learner_s=max(m["learner_s"] for m in ms),
                    wait_s=max(m["wait_s"] for m in ms), skipped=ms[0]["skipped"],
