@@ -76,10 +76,11 @@ def learner_with_answers(monkeypatch, cfg: dict, prompts: list[str], answers: li
 def test_correction_rows_are_scored_after_their_own_prompt_and_head(monkeypatch):
     """Two prompts, one wrong sum in the second prompt's first answer: one correction row, after that prompt and
     that answer's head, with the weight on the right value's tokens and log-probabilities equal to a plain forward's
-    (fails with the row put after another answer's prompt, or the weight on the head)."""
+    (fails with the row put after another answer's prompt, with another answer's tokens as its head, or with the
+    weight on the head). The next answer writes other steps, so a head taken from it would differ."""
     prompts = ["Q: a = 12, c = 15. What is c - a?\nA:", "Q: a = 20, c = 31. What is c - a?\nA:"]
     answers = [" c - a = 15 - 12. 15 - 12 = 3.\n", " c - a = 15 - 12. 15 - 12 = 3.\n",
-               " c - a = 31 - 20. 31 - 20 = 12.\n", " c - a = 31 - 20. 31 - 20 = 11.\n"]
+               " c - a = 31 - 20. 31 - 20 = 12.\n", " c - a = 31 - 20. 20 + 11 = 31.\n"]
     learner, tok = learner_with_answers(monkeypatch, {"terms": {"corrections": 2.5}}, prompts, answers)
     seen = capture_loss_inputs(monkeypatch)
     _, metrics = learner.loss([CotItem(p, p, "", answer="0") for p in prompts])
