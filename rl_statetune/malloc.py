@@ -13,7 +13,6 @@ shrink between steps. ``RL_STATETUNE_MALLOPT=0`` leaves glibc's defaults.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -26,10 +25,9 @@ def keep_freed_memory() -> bool:
     not glibc, or ``RL_STATETUNE_MALLOPT=0``)."""
     if os.environ.get("RL_STATETUNE_MALLOPT", "1") == "0" or not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):     # no libc found, or one without mallopt (musl)
+    try:      # the process's own symbols, libc's among them (find_library would run ldconfig at every start)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):     # a libc without mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, KEEP) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP) == 1
