@@ -80,6 +80,9 @@ FEW_SHOT = ("Answer in the same format as these examples, on one line.\n\n"
 SMOLLM2_SHOTS = {**SMOLLM2, "cot": {"prompt_template": FEW_SHOT}}
 # the project's task guide, trained on the task's documents (build: scripts/make_task_guide.py, both stages)
 TASK_GUIDE = {"config": "configs/guides/task_guide_transformers.yaml", "options": {"num_threads": 1}}
+STEPS = {"verifier": 1.0, "steps": 1.0}            # the verifier plus the task's step check
+FIX = {**STEPS, "corrections": 50.0}              # plus the task's corrections (a value's token = 50 answer tokens)
+IN_GROUP = [("self", SELF), ("rationales", RATIONALES), ("taskguide", TASK_GUIDE)]   # guides of those rows
 RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward section)
     "grpo-verifier": ({}, {"terms": {"verifier": 1.0}}),
     "match-rationales": (RATIONALES, {"kind": "match"}),
@@ -97,16 +100,9 @@ RL_ROWS: dict[str, tuple[dict, dict]] = {   # name -> (guide section, reward sec
     "grpo+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0}, "guide_in_group": True}),
     "grpo+prefix-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0}, "guide_in_group": True,
                                            "guide_prefix": 0.2}),
-    "grpo+steps": ({}, {"terms": {"verifier": 1.0, "steps": 1.0}}),
-    "grpo+steps+guide-self": (SELF, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
-    "grpo+steps+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
-    "grpo+steps+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0, "steps": 1.0}, "guide_in_group": True}),
-    "grpo+fix+guide-self": (SELF, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 50.0},
-                                   "guide_in_group": True}),
-    "grpo+fix+guide-rationales": (RATIONALES, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 50.0},
-                                               "guide_in_group": True}),
-    "grpo+fix+guide-taskguide": (TASK_GUIDE, {"terms": {"verifier": 1.0, "steps": 1.0, "corrections": 50.0},
-                                              "guide_in_group": True}),
+    "grpo+steps": ({}, {"terms": STEPS}),
+    **{f"grpo+steps+guide-{name}": (guide, {"terms": STEPS, "guide_in_group": True}) for name, guide in IN_GROUP},
+    **{f"grpo+fix+guide-{name}": (guide, {"terms": FIX, "guide_in_group": True}) for name, guide in IN_GROUP},
 }
 # supervised on that guide's greedy CoTs
 TUNE_GUIDES = {"tune-self": SELF, "tune-smollm2": SMOLLM2_SHOTS, "tune-taskguide": TASK_GUIDE}

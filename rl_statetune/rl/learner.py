@@ -262,16 +262,15 @@ class Learner:
         if rc.guide_in_group:       # the guide's members as rows N * G + n, after the same prompts
             g_ids, g_texts = self.guide_members(items, heads, ids[n_own:], mask[n_own:])
         idx, lengths, ids, mask = idx[:n_own], lengths[:n_own], ids[:n_own], mask[:n_own]
-        decoded = [decode_with_spans(self.tok, row[m].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
-        texts = [t for t, _ in decoded]
+        answers = [row[m].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
+        decoded = [decode_with_spans(self.tok, a) for a in answers]
+        texts, spans = [t for t, _ in decoded], [s for _, s in decoded]
         prompts = [it.prompt for it in items for _ in range(G)]
         if rc.guide_in_group:
             idx, lengths = torch.cat([idx, idx[::G]]), torch.cat([lengths, lengths[::G]])
             ids, mask = append_rows(ids, mask, g_ids)
         n_judged = ids.shape[0]     # the learner's answers and the guide's members; the corrections follow
-        fixes = (correction_rows(texts, [s for _, s in decoded],
-                                 [row[k].tolist() for row, k in zip(ids[:n_own].cpu(), mask[:n_own].cpu())],
-                                 prompts, self.tok) if "corrections" in terms else [])
+        fixes = correction_rows(texts, spans, answers, prompts, self.tok) if "corrections" in terms else []
         if fixes:                   # each after its prompt and the answer's own tokens before the wrong step
             idx, lengths, ids, mask = append_continuations(idx, lengths, ids, mask, fixes)
         lp = token_logprobs(self.model, self.init_state, idx, lengths, ids, rc.temperature, mask)   # [rows, K]
@@ -301,14 +300,13 @@ class Learner:
         if v_adv is not None:
             v_adv = weigh_negatives(v_adv, pc.negative_weight)
         if "on_policy" in terms:    # the learner's own answers only (the guide's rows get no token reward)
-            g, judged = guide_token_logprobs(self.guide, items, texts, [s for _, s in decoded], G, ids.shape[1],
-                                             rc.floor_logprob)
+            g, judged = guide_token_logprobs(self.guide, items, texts, spans, G, ids.shape[1], rc.floor_logprob)
             r_tok = torch.zeros(m[:n_judged].shape)
             r_tok[:n_own] = (g - lp[:n_own].detach().cpu()) * judged * m[:n_own]
             metrics["on_policy_reward"] = float(r_tok.sum() / m[:n_own].sum().clamp_min(1))
         s_adv = None
         if "steps" in terms:        # the learner's own answers only, as on_policy
-            r_step, judged = step_token_rewards(texts, [s for _, s in decoded], prompts, ids.shape[1])
+            r_step, judged = step_token_rewards(texts, spans, prompts, ids.shape[1])
             s_adv = torch.zeros(m[:n_judged].shape)
             s_adv[:n_own] = step_advantages(r_step, judged)
             metrics.update(step_right=float(r_step[judged].mean()) if judged.any() else float("nan"),

@@ -86,6 +86,7 @@ def corrections(text: str, prompt: str = "") -> list[tuple[int, str]]:
     values (``a - u = 39 - 31`` -> ``39 - 13``), the learner's own operators and spacing kept. Other wrong
     equations (a right side with names, a value that is not a whole number) get none."""
     names = bindings(prompt)
+    values = {k: _number(v) for k, v in names.items()}
     out = []
     for m, lhs, rhs in _equations(text, names):
         if lhs == rhs:
@@ -94,7 +95,6 @@ def corrections(text: str, prompt: str = "") -> list[tuple[int, str]]:
         if re.fullmatch(r"\d+(?:\.\d+)?", rhs_text):
             right = _number(lhs)
         elif re.search(r"[A-Za-z_]", lhs_text) and not re.search(r"[A-Za-z_]", rhs_text):
-            values = {k: _number(v) for k, v in names.items()}
             right = re.sub(r"[A-Za-z_]\w*", lambda n: values[n[0]] or n[0], lhs_text.strip())
             right = right if re.fullmatch(r"[\d\s+\-*/().]*", right) else None
         else:
