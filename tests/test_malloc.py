@@ -8,6 +8,7 @@ faults a round); with the thresholds raised the pages stay in the heap, and afte
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -34,7 +35,7 @@ def faults(setting: str) -> tuple[bool, int]:
     return kept == "True", int(n)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt: Linux with glibc only")
 def test_freed_pages_are_reused():
     kept, with_setting = faults("1")
     off, without = faults("0")
