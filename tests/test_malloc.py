@@ -42,3 +42,21 @@ def test_freed_pages_are_reused():
     assert kept and not off
     assert without > 9 * 16_384, without               # every round faulted its 64 MiB in again
     assert with_setting < 16_384, (with_setting, without)   # not one round's worth
+
+
+def test_the_cli_and_each_ray_learner_set_it(monkeypatch, tmp_path):
+    """The setting is process-wide, so every process that runs steps sets it itself: ``rl-statetune`` at its start
+    (before the command, which here fails on a missing config), and each Ray learner in its constructor (its own
+    process: the CLI's call does not reach it). Fails with either call dropped."""
+    from rl_statetune.cli import main
+    from rl_statetune.rl.config import RLConfig
+    from rl_statetune.rl.workers import LearnerWorker
+
+    calls = []
+    monkeypatch.setattr("rl_statetune.malloc.keep_freed_memory", lambda: calls.append("set") or True)
+    assert main(["tune", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert calls == ["set"]
+    cfg = RLConfig.model_validate({"model": {"path": "embedded"}, "reward": {"terms": {"verifier": 1.0}},
+                                   "train": {"out_dir": str(tmp_path / "run")}})
+    LearnerWorker(cfg.model_dump(mode="json"), rank=0, world_size=1, queue=None)
+    assert calls == ["set", "set"]
