@@ -3,6 +3,7 @@
 Each case runs in a fresh process (mallopt is process-wide): rounds of allocating, filling and freeing a 64 MiB
 tensor, the page faults counted over the last 10 of 20. With glibc's defaults every round maps fresh pages (16,384
 faults a round); with the thresholds raised the pages stay in the heap, and after the first few rounds none fault.
+And the CLI and each Ray learner call it.
 """
 
 from __future__ import annotations
