@@ -37,3 +37,16 @@ def test_every_rl_row_of_rl_vs_imitation_validates(row, tmp_path):
     assert cfg.train.seed == 3 and cfg.train.steps == 5 and not cfg.train.eval
     assert cfg.reward.guide_in_group == reward.get("guide_in_group", False)
     assert cfg.guide.self_guide is not None if "self_guide" in guide else cfg.guide.self_guide is None
+
+
+def test_the_task_guide_config_is_the_benchmarks_row(tmp_path):
+    """configs/rl_task_guide.yaml is what benchmarks/rl_vs_imitation.py measured as ``grpo+fix+guide-taskguide``
+    at 200 steps and peak lr 0.5 (the figure its comment and docs/rl.md quote): the same config, section by
+    section, apart from the run's own folder and held-out pass."""
+    bench = script("rl_vs_imitation")
+    base = load_rl_config(str(ROOT / "configs" / "rl_quick.yaml"), ["optim.lr=0.5"])
+    want = bench.rl_variant(base, "grpo+fix+guide-taskguide", 0, 200, tmp_path).model_dump(mode="json")
+    got = load_rl_config(str(ROOT / "configs" / "rl_task_guide.yaml")).model_dump(mode="json")
+    for d in (want, got):
+        d["train"].pop("out_dir"), d["train"].pop("eval")
+    assert got == want
